@@ -1,0 +1,53 @@
+"""The top-level :func:`distill` entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddkit.artifact import DistilledSet
+from ddkit.data import ImageDataset, load_dataset
+from ddkit.distill import get_method, make_config
+
+
+def distill(
+    real: ImageDataset | str,
+    method: str = "dm",
+    ipc: int = 10,
+    *,
+    iterations: int | None = None,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    data_root: str | Path | None = None,
+) -> DistilledSet:
+    """Distil a real dataset with a registered method.
+
+    Args:
+        real: an :class:`ImageDataset` (training split) or a dataset name.
+        method: registry name (``random``, ``herding``, ``dm``, ...).
+        ipc: images per class (1 ≤ IPC ≤ smallest class).
+        iterations: override the method's iteration budget (recorded in the result).
+        config: method settings overriding its paper defaults (unknown keys are errors).
+        seed, device, checkpoint, resume, progress: see :meth:`Distiller.distill`.
+
+    Returns:
+        The :class:`DistilledSet` (images float32 N×C×H×W in [0, 1], labels).
+
+    Raises:
+        DatasetNotFoundError, ConfigError: unknown dataset/method/setting, bad IPC.
+    """
+    if isinstance(real, str):
+        real = load_dataset(real, "train", data_root=data_root)
+    cls = get_method(method)
+    overrides = dict(config or {})
+    if iterations is not None:
+        overrides["iterations"] = iterations
+    distiller = cls(make_config(cls, overrides))
+    return distiller.distill(real, ipc, device=device, seed=seed, progress=progress,
+                             checkpoint=checkpoint, resume=resume)

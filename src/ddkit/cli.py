@@ -1,0 +1,192 @@
+"""The ``ddkit`` command: a thin layer over the public API.
+
+Every ``DDKitError`` (bad input) is printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ddkit.errors import ConfigError, DDKitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="ddkit: dataset distillation, evaluation and audit.")
+out = Console()
+err = Console(stderr=True)
+
+RUN_KEYS = {"dataset", "method", "ipc", "iterations", "seed"}
+
+
+def _cli_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DDKitError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            values[key.strip()] = raw
+    return values
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {str(path)!r} must be a mapping of settings")
+    return data
+
+
+@app.command()
+@_cli_errors
+def datasets(data_root: Annotated[Path | None, typer.Option(help="Folder searched first.")] = None):
+    """List the registered datasets, where each was found, or how to get it."""
+    from ddkit.data import DATASETS, dataset_status
+
+    table = Table(title="ddkit datasets")
+    for col in ("name", "shape", "classes", "found at", "how to get it"):
+        table.add_column(col)
+    for name, info in DATASETS.items():
+        where, how = dataset_status(name, data_root)
+        table.add_row(name, f"{info.channels}×{info.image_size}×{info.image_size}", str(info.num_classes),
+                      where or "[red]not found[/]", how)
+    table.add_row("imagefolder:PATH", "any", "any", "PATH", "PATH/train/<class>/*, PATH/test/<class>/*")
+    out.print(table)
+
+
+@app.command()
+@_cli_errors
+def distill(
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (see `ddkit datasets`).")] = None,
+    method: Annotated[str | None, typer.Option(help="random, herding, dm, ...")] = None,
+    ipc: Annotated[int | None, typer.Option(help="Images per class.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Override the method's iteration budget.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    config: Annotated[Path | None, typer.Option(help="YAML file of settings (method settings and "
+                                                     "dataset/method/ipc/iterations/seed).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override one method setting: key=value.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT.ckpt if it exists.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
+):
+    """Distil a dataset and write the distilled set (checkpoints go to OUT.ckpt)."""
+    import ddkit
+    from ddkit.utils import check_writable
+
+    settings = _read_config(config)
+    run = {k: settings.pop(k) for k in list(settings) if k in RUN_KEYS}
+    settings.update(_parse_sets(set_ or []))
+    dataset = dataset or run.get("dataset") or "fashion-mnist"
+    method = method or run.get("method") or "dm"
+    ipc = ipc if ipc is not None else int(run.get("ipc", 10))
+    iterations = iterations if iterations is not None else run.get("iterations")
+    seed = seed if seed is not None else int(run.get("seed", 0))
+    check_writable(out_file)
+    ckpt = out_file.with_name(out_file.name + ".ckpt")
+    check_writable(ckpt)
+    # validate method and settings before the (slow) data load
+    from ddkit.distill import get_method, make_config
+
+    make_config(get_method(method), {**settings, **({"iterations": iterations} if iterations else {})})
+    real = ddkit.load_dataset(dataset, "train", data_root=data_root)
+    result = ddkit.distill(real, method, ipc, iterations=iterations, config=settings, seed=seed,
+                           device=device, checkpoint=ckpt, resume=resume, progress=not quiet)
+    result.save(out_file)
+    if ckpt.exists():
+        ckpt.unlink()
+    out.print(f"wrote {out_file} ({result.images.shape[0]} images, {method}, IPC {ipc}, {dataset})")
+
+
+@app.command()
+@_cli_errors
+def evaluate(
+    file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
+    model: Annotated[str, typer.Option(help="Evaluation network (zoo name).")] = "convnet",
+    runs: Annotated[int, typer.Option(help="Networks trained from scratch.")] = 5,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default 1000 with DSA, 300 without).")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="DSA augmentation.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the first network.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the test set.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No per-run lines.")] = False,
+):
+    """Train fresh networks on a distilled set; print the test accuracy mean ± std."""
+    import ddkit
+    from ddkit.utils import check_writable
+
+    if json_out is not None:
+        check_writable(json_out)
+    result = ddkit.evaluate(file, model=model, runs=runs, epochs=epochs, augment=augment, device=device,
+                            seed=seed, data_root=data_root, progress=not quiet)
+    out.print(f"{result.method} IPC {result.ipc} on {result.dataset}, {model}, {runs} runs × "
+              f"{result.epochs} epochs: test accuracy {result.summary()}")
+    if json_out is not None:
+        result.save(json_out)
+
+
+@app.command()
+@_cli_errors
+def show(
+    file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
+    max_per_class: Annotated[int, typer.Option(help="At most this many images per row.")] = 20,
+):
+    """Draw the images of a distilled set as a PNG grid, one row per class."""
+    from ddkit.artifact import DistilledSet
+    from ddkit.report import save_grid
+
+    save_grid(DistilledSet.load(file), out_file, max_per_class=max_per_class)
+    out.print(f"wrote {out_file}")
+
+
+@app.command()
+@_cli_errors
+def info(file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")]):
+    """Print a distilled set's metadata as JSON (after verifying its hash)."""
+    from ddkit.artifact import DistilledSet
+
+    ds = DistilledSet.load(file)
+    meta = ds._meta()
+    meta["images"] = list(ds.images.shape)
+    meta["labels"] = list(ds.labels.shape)
+    sys.stdout.write(json.dumps(meta, indent=2) + "\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

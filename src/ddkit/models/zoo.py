@@ -1,0 +1,307 @@
+"""Networks used to distil and evaluate, as defined in the DC/DSA/DM reference code.
+
+All models take standardised images N×C×H×W (float32) and return logits N×K. Every model
+has ``embed(x) -> N×D`` (the features before the final linear classifier) and
+``classifier`` (that linear layer), as DM and the KRR methods need them.
+
+Architectures (Zhao et al., DC, ICLR 2021, appendix and reference code):
+
+* ``convnet``: depth × [Conv3×3(width) → norm → act → pool2×2] → Linear. Default: depth 3,
+  width 128, instance norm (GroupNorm with one group per channel, affine), ReLU, average
+  pooling. For 1-channel 28×28 inputs the first conv pads by 3, as the reference code
+  does, so the feature map is 128×4×4 (the paper digest's "128×3×3" does not match the
+  code; we follow the code).
+* ``mlp``: 3 layers, 128 hidden units, ReLU.
+* ``lenet``: LeNet-5 with ReLU and max pooling.
+* ``alexnet``: the 5-conv AlexNet variant of the DC code (width 128/192/256).
+* ``vgg11`` / ``vgg11bn``: VGG-11 with instance / batch norm.
+* ``resnet18`` / ``resnet18bn``: CIFAR-style ResNet-18 (3×3 stem, no max pool) with
+  instance / batch norm.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ddkit.errors import ModelError
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ModelError(f"unknown norm {kind!r}; use instance, batch, layer or none")
+
+
+def _act(kind: str) -> nn.Module:
+    acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "leakyrelu": lambda: nn.LeakyReLU(0.01)}
+    if kind not in acts:
+        raise ModelError(f"unknown activation {kind!r}; use {', '.join(acts)}")
+    return acts[kind]()
+
+
+def _pool(kind: str) -> nn.Module:
+    pools = {"avg": lambda: nn.AvgPool2d(2, 2), "max": lambda: nn.MaxPool2d(2, 2), "none": nn.Identity}
+    if kind not in pools:
+        raise ModelError(f"unknown pooling {kind!r}; use avg, max or none")
+    return pools[kind]()
+
+
+class ConvNet(nn.Module):
+    """The field's ConvNet: ``depth`` blocks of conv3×3 → norm → act → pool, then linear.
+
+    Args:
+        channels: input channels C. num_classes: K. image_size: H (= W) in pixels.
+        width: conv channels (128). depth: number of blocks (3).
+        norm: ``instance`` (default), ``batch``, ``layer`` or ``none``.
+        act: ``relu`` (default), ``sigmoid`` or ``leakyrelu``. pooling: ``avg``, ``max``, ``none``.
+
+    Input N×C×H×W float32 (standardised); output N×K logits; ``embed`` gives N×D features
+    with D = width · (H'/2^depth)², H' = 32 for 1-channel 28×28 input (first conv pads 3).
+    """
+
+    def __init__(self, channels: int, num_classes: int, image_size: int = 32, width: int = 128,
+                 depth: int = 3, norm: str = "instance", act: str = "relu", pooling: str = "avg"):
+        super().__init__()
+        layers: list[nn.Module] = []
+        size = 32 if (image_size == 28 and channels == 1) else image_size
+        c_in = channels
+        for d in range(depth):
+            pad = 3 if (channels == 1 and d == 0 and image_size == 28) else 1
+            layers += [nn.Conv2d(c_in, width, 3, padding=pad), _norm(norm, width), _act(act)]
+            if pooling != "none":
+                layers.append(_pool(pooling))
+                size //= 2
+            c_in = width
+        if size < 1:
+            raise ModelError(f"convnet depth {depth} is too deep for {image_size}×{image_size} images")
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = width * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.features(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class MLP(nn.Module):
+    """3-layer MLP (128 hidden, ReLU) on flattened images."""
+
+    def __init__(self, channels: int, num_classes: int, image_size: int = 32, hidden: int = 128):
+        super().__init__()
+        d = channels * image_size * image_size
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(),
+                                      nn.Linear(hidden, hidden), nn.ReLU())
+        self.feature_dim = hidden
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class LeNet(nn.Module):
+    """LeNet-5 (ReLU, max pool); pads the first conv by 2 for 1-channel 28×28 input."""
+
+    def __init__(self, channels: int, num_classes: int, image_size: int = 32):
+        super().__init__()
+        pad = 2 if image_size == 28 else 0
+        size = ((image_size + 2 * pad - 4) // 2 - 4) // 2
+        if size < 1:
+            raise ModelError(f"lenet needs images of at least 16×16, got {image_size}×{image_size}")
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(16 * size * size, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+        )
+        self.feature_dim = 84
+        self.classifier = nn.Linear(84, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class AlexNet(nn.Module):
+    """The AlexNet variant of the DC reference code (5 convs, widths 128-192-256-192-192)."""
+
+    def __init__(self, channels: int, num_classes: int, image_size: int = 32):
+        super().__init__()
+        pad = 4 if channels == 1 and image_size == 28 else 2
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 128, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(128, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(192, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 192, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(192, 192, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        )
+        size = (image_size + 2 * pad - 4) // 8
+        if size < 1:
+            raise ModelError(f"alexnet needs images of at least 8×8, got {image_size}×{image_size}")
+        self.feature_dim = 192 * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class VGG11(nn.Module):
+    """VGG-11 (8 convs) with instance or batch norm; 1-channel 28×28 input is padded to 32."""
+
+    CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+    def __init__(self, channels: int, num_classes: int, image_size: int = 32, norm: str = "instance"):
+        super().__init__()
+        if image_size < 32 and not (image_size == 28 and channels == 1):
+            raise ModelError(f"vgg11 needs 32×32 images (or 1-channel 28×28), got {image_size}×{image_size}")
+        layers: list[nn.Module] = []
+        c_in, first = channels, True
+        for v in self.CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            pad = 3 if (first and channels == 1 and image_size == 28) else 1
+            layers += [nn.Conv2d(c_in, v, 3, padding=pad), _norm(norm, v), nn.ReLU()]
+            c_in, first = v, False
+        size = (32 if image_size == 28 else image_size) // 32
+        layers.append(nn.Flatten())
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = 512 * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = _norm(norm, c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = _norm(norm, c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), _norm(norm, c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR-style ResNet-18 (3×3 stem, no max pool, global average pool) with a norm option."""
+
+    def __init__(self, channels: int, num_classes: int, image_size: int = 32, norm: str = "instance"):
+        super().__init__()
+        if image_size < 16:
+            raise ModelError(f"resnet18 needs images of at least 16×16, got {image_size}×{image_size}")
+        self.stem = nn.Sequential(nn.Conv2d(channels, 64, 3, 1, 1, bias=False), _norm(norm, 64), nn.ReLU())
+        blocks: list[nn.Module] = []
+        c_in = 64
+        for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [_BasicBlock(c_in, c_out, stride, norm), _BasicBlock(c_out, c_out, 1, norm)]
+            c_in = c_out
+        self.layers = nn.Sequential(*blocks)
+        self.feature_dim = 512
+        self.classifier = nn.Linear(512, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def _convnet_variant(**fixed):
+    return lambda c, k, s, **kw: ConvNet(c, k, s, **{**fixed, **kw})
+
+
+MODELS = {
+    "convnet": _convnet_variant(),
+    "convnetbn": _convnet_variant(norm="batch"),
+    "convnetln": _convnet_variant(norm="layer"),
+    "convnetnn": _convnet_variant(norm="none"),
+    "convnet-d1": _convnet_variant(depth=1),
+    "convnet-d2": _convnet_variant(depth=2),
+    "convnet-d4": _convnet_variant(depth=4),
+    "convnet-w32": _convnet_variant(width=32),
+    "convnet-w64": _convnet_variant(width=64),
+    "convnet-w256": _convnet_variant(width=256),
+    "mlp": lambda c, k, s, **kw: MLP(c, k, s, **kw),
+    "lenet": lambda c, k, s, **kw: LeNet(c, k, s, **kw),
+    "alexnet": lambda c, k, s, **kw: AlexNet(c, k, s, **kw),
+    "vgg11": lambda c, k, s, **kw: VGG11(c, k, s, norm="instance", **kw),
+    "vgg11bn": lambda c, k, s, **kw: VGG11(c, k, s, norm="batch", **kw),
+    "resnet18": lambda c, k, s, **kw: ResNet18(c, k, s, norm="instance", **kw),
+    "resnet18bn": lambda c, k, s, **kw: ResNet18(c, k, s, norm="batch", **kw),
+}
+
+
+def get_model(name: str, channels: int, num_classes: int, image_size: int | tuple[int, int], **kwargs
+              ) -> nn.Module:
+    """Build a freshly initialised network from the zoo.
+
+    Args:
+        name: a key of :data:`MODELS` (``convnet`` = ConvNet-3, width 128, instance norm).
+        channels: input channels C (1 or 3). num_classes: K ≥ 2.
+        image_size: H = W in pixels (or an (H, W) pair with H == W).
+        **kwargs: architecture options (ConvNet: width, depth, norm, act, pooling).
+
+    Returns:
+        An ``nn.Module`` mapping N×C×H×W float32 to N×K logits, with ``embed`` and
+        ``classifier``; attributes ``in_channels`` and ``image_size`` record what it takes.
+
+    Raises:
+        ModelError: unknown name or option, or the network cannot take this image size.
+    """
+    key = name.strip().lower()
+    if key not in MODELS:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if isinstance(image_size, tuple):
+        if image_size[0] != image_size[1]:
+            raise ModelError(f"models take square images, got {image_size}")
+        image_size = image_size[0]
+    if channels < 1 or num_classes < 2:
+        raise ModelError(f"need channels ≥ 1 and num_classes ≥ 2, got {channels}, {num_classes}")
+    try:
+        model = MODELS[key](channels, num_classes, image_size, **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"bad option for model {name!r}: {exc}") from None
+    model.in_channels = channels
+    model.image_size = image_size
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, channels, image_size, image_size))
+    except RuntimeError as exc:
+        raise ModelError(f"model {name!r} does not fit {channels}×{image_size}×{image_size} images: "
+                         f"{str(exc).splitlines()[0]}") from None
+    model.train()
+    return model
+
+
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise :class:`ModelError` unless ``x`` (N×C×H×W) matches the model's channels and size."""
+    c, s = getattr(model, "in_channels", None), getattr(model, "image_size", None)
+    if x.dim() != 4 or (c is not None and x.shape[1] != c) or (s is not None and x.shape[-1] != s):
+        raise ModelError(f"model expects N×{c}×{s}×{s} images, got {tuple(x.shape)}")
