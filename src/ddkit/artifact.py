@@ -145,7 +145,7 @@ class DistilledSet:
         for name in sorted(tensors):
             t = tensors[name].contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         h.update(meta_json.encode())
         return h.hexdigest()
 

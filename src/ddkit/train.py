@@ -78,7 +78,7 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
         if on_epoch is not None:
             on_epoch(epoch, total / n)
     return model

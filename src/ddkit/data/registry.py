@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -279,7 +280,7 @@ def _load_cached(key: str, split: str, data_root: str | None, download: bool) ->
         looked.append(str(root))
         try:
             found = info.loader(root, split, False)
-        except (OSError, RuntimeError, ValueError) as exc:
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
             raise DatasetNotFoundError(f"{key}: files under {str(root)!r} could not be read ({exc})") from None
         if found is not None:
             break
@@ -295,10 +296,10 @@ def _load_cached(key: str, split: str, data_root: str | None, download: bool) ->
             f"dataset {key!r} not found (looked in: {'; '.join(looked)}); get it by: {info.how_to_get}"
         )
     imgs, labels, classes, source = found
-    mean, std = (info.mean, info.std) if info.mean else _stats(info.loader(None, "train", False)[0]
-                                                               if key != "digits" else imgs)
-    if key == "digits":
-        mean, std = _stats(_digits(None, "train", False)[0])
+    if info.mean is not None:
+        mean, std = info.mean, info.std
+    else:  # computed from the training split
+        mean, std = _stats(imgs if split == "train" else info.loader(root, "train", False)[0])
     return _make(key, imgs, labels, classes, mean, std, source, split)
 
 

@@ -140,11 +140,10 @@ class DMDistiller(Distiller):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                loss_val = float(loss) / k
+                loss_val = float(loss.detach()) / k
                 bar.update(loss_val)
                 done = it + 1
-                if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 \
-                        and done < cfg.iterations:
+                if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
                     Checkpoint(done, {"syn": syn, "momentum": opt.state[syn]["momentum_buffer"]},
                                meta).save(checkpoint)
         seconds = time.perf_counter() - t0

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ddkit.artifact import DistilledSet
+from ddkit.errors import ArtifactError, OutputError
+
+
+def _set(soft=False, lr=None):
+    labels = torch.softmax(torch.randn(20, 10), 1) if soft else torch.arange(10).repeat(2)
+    return DistilledSet(images=torch.rand(20, 1, 28, 28), labels=labels, method="dm", dataset="fashion-mnist",
+                        mean=(0.2861,), std=(0.353,), class_names=[str(i) for i in range(10)], ipc=2,
+                        seed=3, config={"lr_img": 1.0}, lr=lr)
+
+
+@pytest.mark.parametrize("soft,lr", [(False, None), (True, 0.01)])
+def test_round_trip(tmp_path, soft, lr):
+    ds = _set(soft, lr)
+    ds.save(tmp_path / "s.safetensors")
+    back = DistilledSet.load(tmp_path / "s.safetensors")
+    assert torch.equal(back.images, ds.images) and torch.equal(back.labels, ds.labels)
+    assert back.method == "dm" and back.ipc == 2 and back.seed == 3 and back.config == {"lr_img": 1.0}
+    assert back.mean == (0.2861,) and back.soft_labels == soft
+    assert (back.lr is None) == (lr is None)
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary left behind
+
+
+def test_tampered_file_is_refused(tmp_path):
+    p = tmp_path / "s.safetensors"
+    _set().save(p)
+    raw = bytearray(p.read_bytes())
+    raw[-5] ^= 0xFF  # flip bits in the tensor payload
+    p.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        DistilledSet.load(p)
+
+
+def test_metadata_tamper_is_refused(tmp_path):
+    ds = _set()
+    meta = json.dumps({**ds._meta(), "ipc": 50}, sort_keys=True)
+    digest = DistilledSet._digest(ds._tensors(), json.dumps(ds._meta(), sort_keys=True))
+    save_file(ds._tensors(), str(tmp_path / "t.safetensors"), metadata={"ddkit": meta, "sha256": digest})
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        DistilledSet.load(tmp_path / "t.safetensors")
+
+
+def test_not_a_distilled_set(tmp_path):
+    (tmp_path / "x.safetensors").write_text("hello")
+    with pytest.raises(ArtifactError, match="not a distilled set"):
+        DistilledSet.load(tmp_path / "x.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ArtifactError, match="not a ddkit distilled set"):
+        DistilledSet.load(tmp_path / "w.safetensors")
+    with pytest.raises(ArtifactError, match="does not exist"):
+        DistilledSet.load(tmp_path / "missing.safetensors")
+
+
+def test_nan_images_refused_even_with_a_valid_hash(tmp_path):
+    ds = _set()
+    with pytest.raises(ArtifactError, match="NaN"):
+        DistilledSet(**{**ds.__dict__, "images": torch.full((20, 1, 28, 28), float("nan"))})
+    tensors = {"images": torch.full((20, 1, 28, 28), float("nan")), "labels": ds.labels}
+    meta = json.dumps(ds._meta(), sort_keys=True)
+    save_file(tensors, str(tmp_path / "n.safetensors"),
+              metadata={"ddkit": meta, "sha256": DistilledSet._digest(tensors, meta)})
+    with pytest.raises(ArtifactError, match="NaN"):
+        DistilledSet.load(tmp_path / "n.safetensors")
+
+
+def test_bad_shapes_and_unwritable_path(tmp_path):
+    ds = _set()
+    with pytest.raises(ArtifactError, match="labels"):
+        DistilledSet(**{**ds.__dict__, "labels": torch.arange(5)})
+    with pytest.raises(ArtifactError, match="0..9"):
+        DistilledSet(**{**ds.__dict__, "labels": torch.full((20,), 12)})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError):
+        ds.save(tmp_path / "file" / "sub" / "s.safetensors")

@@ -1,0 +1,59 @@
+import torch
+
+import ddkit
+from ddkit.augment import DSA
+from ddkit.distill.coreset import herding_select
+from ddkit.distill.dm import dm_loss, dm_loss_per_class
+from ddkit.models import get_model
+
+
+def test_batched_dm_loss_equals_per_class_loss():
+    torch.manual_seed(0)
+    net = get_model("convnet", 1, 4, 28, width=16)
+    real = torch.randn(4 * 8, 1, 28, 28)
+    syn = torch.randn(4 * 2, 1, 28, 28, requires_grad=True)
+    dsa = DSA(image_size=28)
+    for seed in range(4):
+        a = dm_loss(net.embed, real, syn, 4, dsa, torch.Generator().manual_seed(seed))
+        (ga,) = torch.autograd.grad(a, syn)
+        b = dm_loss_per_class(net.embed, real, syn, 4, dsa, torch.Generator().manual_seed(seed))
+        (gb,) = torch.autograd.grad(b, syn)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-6)
+    # and without augmentation the loss is the plain class-mean gap
+    plain = dm_loss(net.embed, real, syn, 4)
+    ref = sum(((net.embed(real[c * 8:(c + 1) * 8]).mean(0) - net.embed(syn[c * 2:(c + 1) * 2]).mean(0)) ** 2).sum()
+              for c in range(4))
+    torch.testing.assert_close(plain, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_herding_picks_the_mean_matching_point_first():
+    feats = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-1.0, -1.0], [0.2, 0.1]], dtype=torch.float64)
+    order = herding_select(feats, 3)
+    assert order[0] == 0  # closest to the mean (0.05, 0.025)
+    assert len(set(order.tolist())) == 3
+
+
+def test_dm_resume_equals_unbroken_run(digits, tmp_path):
+    real, _ = digits
+    cfg = {"batch_real": 16, "checkpoint_every": 2, "model": "convnet-w32"}
+    whole = ddkit.distill(real, "dm", 2, iterations=4, config=cfg, seed=5, device="cpu", progress=False)
+    ck = tmp_path / "run.ckpt"
+    ddkit.distill(real, "dm", 2, iterations=2, config=cfg, seed=5, device="cpu", progress=False, checkpoint=ck)
+    assert ck.exists()
+    resumed = ddkit.distill(real, "dm", 2, iterations=4, config=cfg, seed=5, device="cpu", progress=False,
+                            checkpoint=ck, resume=True)
+    assert resumed.extra["iterations_run"] == 2
+    torch.testing.assert_close(resumed.images, whole.images, rtol=0, atol=1e-6)
+    # and the run moved the images away from their real initialisation
+    init = ddkit.distill(real, "dm", 2, iterations=0, config=cfg, seed=5, device="cpu", progress=False)
+    assert (whole.images - init.images).abs().max() > 1e-3
+
+
+def test_same_seed_same_set_different_seed_different_set(digits):
+    real, _ = digits
+    cfg = {"batch_real": 8, "model": "convnet-w32"}
+    a = ddkit.distill(real, "dm", 1, iterations=2, config=cfg, seed=1, device="cpu", progress=False)
+    b = ddkit.distill(real, "dm", 1, iterations=2, config=cfg, seed=1, device="cpu", progress=False)
+    c = ddkit.distill(real, "dm", 1, iterations=2, config=cfg, seed=2, device="cpu", progress=False)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
