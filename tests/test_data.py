@@ -90,7 +90,7 @@ def test_svhn_on_disk_format(tmp_path, monkeypatch):
 def test_imagefolder_with_real_rgb_images(tmp_path):
     files, _, labels = _cifar_sample()
     for split in ("train", "test"):
-        for f, lab in zip(files, labels):
+        for f, lab in zip(files, labels, strict=True):
             d = tmp_path / split / registry.CIFAR10_CLASSES[lab]
             d.mkdir(parents=True, exist_ok=True)
             shutil.copy(f, d / f.name)
