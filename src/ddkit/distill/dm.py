@@ -10,37 +10,27 @@ initialisation.
 Batched form: all classes' real images go through ψ in one forward pass and all synthetic
 images in another; per-class means come from a reshape. With per-sample normalisation
 (instance norm, the default ConvNet) this is exactly the per-class loss (tested); with
-batch norm it is not, so batch-norm models fall back to per-class passes. The real
+batch norm it is not, so models containing batch norm fall back to per-class passes.
+Classes smaller than ``batch_real`` are sampled with replacement. The real
 branch runs without autograd (its embedding is a constant of the loss).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
 from ddkit.artifact import DistilledSet
-from ddkit.augment import DSA, DSAConfig
+from ddkit.augment import DSA
 from ddkit.data import ImageDataset
-from ddkit.distill.base import Checkpoint, Distiller, MethodConfig, iteration_generator, register
-from ddkit.models import get_model
-from ddkit.progress import LoopProgress
+from ddkit.distill.base import Distiller, register
+from ddkit.distill.feature_matching import FeatureMatchingConfig, run_feature_matching
 
 
-class DMConfig(MethodConfig):
-    """DM settings; defaults are the paper's (Zhao & Bilen 2023, Sec. 4 and code)."""
-
-    iterations: int = 20_000
-    batch_real: int = 256
-    lr_img: float = 1.0
-    momentum: float = 0.5
-    model: str = "convnet"
-    init: str = "real"  # "real" or "noise"
-    dsa: bool = True
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    checkpoint_every: int = 500
+class DMConfig(FeatureMatchingConfig):
+    """DM settings; defaults are the paper's (Zhao & Bilen 2023, Sec. 4 and code): 20 000
+    iterations, 256 real images per class, SGD lr 1.0 momentum 0.5, real init, DSA."""
 
 
 def dm_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
@@ -96,59 +86,8 @@ class DMDistiller(Distiller):
 
     def run(self, real: ImageDataset, ipc: int, *, device, seed, progress, checkpoint: Path | None,
             resume) -> DistilledSet:
-        cfg: DMConfig = self.config  # type: ignore[assignment]
-        k, size = real.num_classes, real.image_size[0]
-        dsa = DSA(DSAConfig(strategy=cfg.dsa_strategy), image_size=size) if cfg.dsa else None
-        meta = self.checkpoint_meta(real, ipc, seed)
-        by_class = real.class_indices()
-        # All real images, standardised, on the device (the field's datasets fit in memory).
-        real_x = real.normalize(real.float_images()).to(device)
-        g0 = iteration_generator(seed, -1)
-        if cfg.init == "real":
-            init_idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g0)[:ipc]] for ix in by_class])
-            syn0 = real_x[init_idx.to(device)].clone()
-        elif cfg.init == "noise":
-            syn0 = torch.randn((k * ipc, real.channels, size, size), generator=g0).to(device)
-        else:
-            from ddkit.errors import ConfigError
+        def loss(embed, real_x, syn, k, dsa, g, per_class):
+            return (dm_loss_per_class if per_class else dm_loss)(embed, real_x, syn, k, dsa, g)
 
-            raise ConfigError(f"dm init must be 'real' or 'noise', got {cfg.init!r}")
-        syn = syn0.requires_grad_(True)
-        opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        start = 0
-        ck = self.load_checkpoint(checkpoint, resume, meta)
-        if ck is not None:
-            with torch.no_grad():
-                syn.copy_(ck.tensors["syn"].to(device))
-            opt.state[syn]["momentum_buffer"] = ck.tensors["momentum"].to(device).clone()
-            start = ck.iteration
-        per_class = "bn" in cfg.model or "batch" in cfg.model
-        loss_fn = dm_loss_per_class if per_class else dm_loss
-        bsz = cfg.batch_real
-        t0 = time.perf_counter()
-        loss_val = float("nan")
-        with LoopProgress(f"dm ipc={ipc}", cfg.iterations, start, enabled=progress) as bar:
-            for it in range(start, cfg.iterations):
-                g = iteration_generator(seed, it)
-                net = get_model(cfg.model, real.channels, k, size).to(device)
-                for p in net.parameters():
-                    p.requires_grad_(False)
-                idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g)[:bsz]] for ix in by_class])
-                if any(ix.numel() < bsz for ix in by_class):  # tiny classes: sample with replacement
-                    idx = torch.cat([ix[torch.randint(ix.numel(), (bsz,), generator=g)] for ix in by_class])
-                loss = loss_fn(net.embed, real_x[idx.to(device)], syn, k, dsa, g)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_val = float(loss.detach()) / k
-                bar.update(loss_val)
-                done = it + 1
-                if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-                    Checkpoint(done, {"syn": syn, "momentum": opt.state[syn]["momentum_buffer"]},
-                               meta).save(checkpoint)
-        seconds = time.perf_counter() - t0
-        images = real.denormalize(syn.detach()).cpu()
-        labels = torch.arange(k).repeat_interleave(ipc)
-        return self.make_set(real, images, labels, ipc, seed, iterations=cfg.iterations,
-                             iterations_run=cfg.iterations - start, seconds=round(seconds, 2),
-                             final_loss=loss_val, device=str(device))
+        return run_feature_matching(self, real, ipc, loss, device=device, seed=seed, progress=progress,
+                                    checkpoint=checkpoint, resume=resume, title=f"dm ipc={ipc}")

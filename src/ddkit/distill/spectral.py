@@ -28,14 +28,13 @@ CIFAR), ``alpha`` (1e-3) and ``p`` (1) are in the units of the mean-normalised F
 eigenvalues, which grow with the feature dimension (ConvNet-3 on 32×32: d = 2048); the
 polynomial filter needs ``alpha·λ_max < 1``.
 
-Batch-norm feature maps (model names with ``bn``/``batch``) embed class by class, as DM's
+Feature maps containing batch norm embed class by class, as DM's
 reference code does, since their statistics depend on the batch; the FFC/FLC are then
 computed over the concatenated features.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -43,29 +42,19 @@ from pydantic import Field, field_validator
 from torch.nn import functional as F
 
 from ddkit.artifact import DistilledSet
-from ddkit.augment import DSA, DSAConfig
+from ddkit.augment import DSA
 from ddkit.data import ImageDataset
-from ddkit.distill.base import Checkpoint, Distiller, MethodConfig, iteration_generator, register
+from ddkit.distill.base import Distiller, register
+from ddkit.distill.feature_matching import FeatureMatchingConfig, run_feature_matching
 from ddkit.errors import ConfigError
-from ddkit.models import get_model
-from ddkit.progress import LoopProgress
 from ddkit.spectral import Filter, feature_stats, get_filter, spectral_matching_loss
 
 _FILTER_PARAMS = {"identity": (), "linear": (), "inverse": ("beta",), "polynomial": ("alpha", "p")}
 
 
-class SpectralConfig(MethodConfig):
+class SpectralConfig(FeatureMatchingConfig):
     """Settings of ``spectral``; optimisation defaults borrowed from DM, filter parameters ours."""
 
-    iterations: int = 20_000
-    batch_real: int = 256
-    lr_img: float = 1.0
-    momentum: float = 0.5
-    model: str = "convnet"
-    init: str = "real"  # "real" or "noise"
-    dsa: bool = True
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    checkpoint_every: int = 500
     filter: str = "identity"  # identity, linear, inverse, polynomial
     beta: float = Field(0.1, gt=0, allow_inf_nan=False)  # inverse: f = (λ + β)^-1
     alpha: float = Field(1e-3, gt=0, allow_inf_nan=False)  # polynomial: f = (1 − αλ)^p
@@ -78,13 +67,6 @@ class SpectralConfig(MethodConfig):
         if key not in _FILTER_PARAMS:
             raise ValueError(f"unknown filter {v!r}; choose from {', '.join(_FILTER_PARAMS)}")
         return key
-
-    @field_validator("init")
-    @classmethod
-    def _known_init(cls, v: str) -> str:
-        if v not in ("real", "noise"):
-            raise ValueError(f"init must be 'real' or 'noise', got {v!r}")
-        return v
 
     def make_filter(self) -> Filter:
         """The configured filter (only its own parameters are passed on).
@@ -150,53 +132,11 @@ class SpectralDistiller(Distiller):
             resume) -> DistilledSet:
         cfg: SpectralConfig = self.config  # type: ignore[assignment]
         filt = cfg.make_filter()
-        k, size = real.num_classes, real.image_size[0]
-        dsa = DSA(DSAConfig(strategy=cfg.dsa_strategy), image_size=size) if cfg.dsa else None
-        meta = self.checkpoint_meta(real, ipc, seed)
-        by_class = real.class_indices()
-        real_x = real.normalize(real.float_images()).to(device)
-        g0 = iteration_generator(seed, -1)
-        if cfg.init == "real":
-            init_idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g0)[:ipc]] for ix in by_class])
-            syn0 = real_x[init_idx.to(device)].clone()
-        else:
-            syn0 = torch.randn((k * ipc, real.channels, size, size), generator=g0).to(device)
-        syn = syn0.requires_grad_(True)
-        opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        start = 0
-        ck = self.load_checkpoint(checkpoint, resume, meta)
-        if ck is not None:
-            with torch.no_grad():
-                syn.copy_(ck.tensors["syn"].to(device))
-            opt.state[syn]["momentum_buffer"] = ck.tensors["momentum"].to(device).clone()
-            start = ck.iteration
-        per_class = "bn" in cfg.model or "batch" in cfg.model
-        bsz = cfg.batch_real
-        t0 = time.perf_counter()
-        loss_val = float("nan")
-        with LoopProgress(f"spectral[{filt.name}] ipc={ipc}", cfg.iterations, start, enabled=progress) as bar:
-            for it in range(start, cfg.iterations):
-                g = iteration_generator(seed, it)
-                net = get_model(cfg.model, real.channels, k, size).to(device)
-                for prm in net.parameters():
-                    prm.requires_grad_(False)
-                # the same draws as DM, so that the identity filter reproduces a DM run
-                idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g)[:bsz]] for ix in by_class])
-                if any(ix.numel() < bsz for ix in by_class):  # tiny classes: sample with replacement
-                    idx = torch.cat([ix[torch.randint(ix.numel(), (bsz,), generator=g)] for ix in by_class])
-                loss = spectral_loss(net.embed, real_x[idx.to(device)], syn, k, filt, dsa, g, per_class)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_val = float(loss.detach()) / k
-                bar.update(loss_val)
-                done = it + 1
-                if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-                    Checkpoint(done, {"syn": syn, "momentum": opt.state[syn]["momentum_buffer"]},
-                               meta).save(checkpoint)
-        seconds = time.perf_counter() - t0
-        images = real.denormalize(syn.detach()).cpu()
-        labels = torch.arange(k).repeat_interleave(ipc)
-        return self.make_set(real, images, labels, ipc, seed, iterations=cfg.iterations,
-                             iterations_run=cfg.iterations - start, seconds=round(seconds, 2),
-                             final_loss=loss_val, device=str(device), filter=filt.name, filter_params=filt.params)
+
+        def loss(embed, real_x, syn, k, dsa, g, per_class):
+            return spectral_loss(embed, real_x, syn, k, filt, dsa, g, per_class)
+
+        # the shared loop makes the same draws as DM, so the identity filter reproduces a DM run
+        return run_feature_matching(self, real, ipc, loss, device=device, seed=seed, progress=progress,
+                                    checkpoint=checkpoint, resume=resume, title=f"spectral[{filt.name}] ipc={ipc}",
+                                    filter=filt.name, filter_params=filt.params)

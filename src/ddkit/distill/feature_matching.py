@@ -1,0 +1,113 @@
+"""The loop shared by methods that match features of freshly sampled random networks.
+
+DM (Zhao & Bilen, WACV 2023) and the UniDD ``spectral`` method differ only in the loss
+they compute on one iteration's features; everything else lives here: real-image or noise
+initialisation, a fresh network per iteration (never trained), a class-balanced real
+batch, one siamese DSA draw per class, SGD with momentum on the synthetic images,
+checkpoints and exact resume (every random draw of iteration t comes from a generator
+seeded by (seed, t), so a checkpoint needs only the images and the momentum).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import field_validator
+
+from ddkit.artifact import DistilledSet
+from ddkit.augment import DSA, DSAConfig
+from ddkit.data import ImageDataset
+from ddkit.distill.base import Checkpoint, Distiller, MethodConfig, iteration_generator
+from ddkit.models import get_model
+from ddkit.progress import LoopProgress
+
+# loss(embed, real (K·B)×C×H×W, syn (K·S)×C×H×W, K, dsa, generator, per_class) -> scalar
+MatchingLoss = Callable[..., torch.Tensor]
+
+
+class FeatureMatchingConfig(MethodConfig):
+    """Settings of the shared loop; defaults are DM's (Zhao & Bilen 2023, Sec. 4 and code)."""
+
+    iterations: int = 20_000
+    batch_real: int = 256
+    lr_img: float = 1.0
+    momentum: float = 0.5
+    model: str = "convnet"
+    init: str = "real"  # "real" or "noise"
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    checkpoint_every: int = 500
+
+    @field_validator("init")
+    @classmethod
+    def _known_init(cls, v: str) -> str:
+        if v not in ("real", "noise"):
+            raise ValueError(f"init must be 'real' or 'noise', got {v!r}")
+        return v
+
+
+def run_feature_matching(distiller: Distiller, real: ImageDataset, ipc: int, loss_fn: MatchingLoss, *,
+                         device: torch.device, seed: int, progress: bool, checkpoint: Path | None, resume: bool,
+                         title: str, **extra) -> DistilledSet:
+    """Distil ``real`` to ``ipc`` images per class by minimising ``loss_fn`` (see module doc).
+
+    ``distiller.config`` must be a :class:`FeatureMatchingConfig`. Models containing batch
+    norm are embedded class by class (``per_class=True`` is passed to ``loss_fn``), since
+    their features depend on the batch; classes smaller than ``batch_real`` are sampled
+    with replacement. ``extra`` is added to the set's metadata.
+    """
+    cfg: FeatureMatchingConfig = distiller.config  # type: ignore[assignment]
+    k, size = real.num_classes, real.image_size[0]
+    dsa = DSA(DSAConfig(strategy=cfg.dsa_strategy), image_size=size) if cfg.dsa else None
+    meta = distiller.checkpoint_meta(real, ipc, seed)
+    by_class = real.class_indices()
+    real_x = real.normalize(real.float_images()).to(device)  # the field's datasets fit in memory
+    g0 = iteration_generator(seed, -1)
+    if cfg.init == "real":
+        init_idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g0)[:ipc]] for ix in by_class])
+        syn = real_x[init_idx.to(device)].clone()
+    else:
+        syn = torch.randn((k * ipc, real.channels, size, size), generator=g0).to(device)
+    syn.requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
+    start = 0
+    ck = distiller.load_checkpoint(checkpoint, resume, meta)
+    if ck is not None:
+        with torch.no_grad():
+            syn.copy_(ck.tensors["syn"].to(device))
+        opt.state[syn]["momentum_buffer"] = ck.tensors["momentum"].to(device).clone()
+        start = ck.iteration
+    probe = get_model(cfg.model, real.channels, k, size)
+    per_class = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in probe.modules())
+    bsz = cfg.batch_real
+    with_replacement = any(ix.numel() < bsz for ix in by_class)
+    t0 = time.perf_counter()
+    loss_val = float("nan")
+    with LoopProgress(title, cfg.iterations, start, enabled=progress) as bar:
+        for it in range(start, cfg.iterations):
+            g = iteration_generator(seed, it)
+            net = get_model(cfg.model, real.channels, k, size).to(device)
+            for p in net.parameters():
+                p.requires_grad_(False)
+            if with_replacement:
+                idx = torch.cat([ix[torch.randint(ix.numel(), (bsz,), generator=g)] for ix in by_class])
+            else:
+                idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g)[:bsz]] for ix in by_class])
+            loss = loss_fn(net.embed, real_x[idx.to(device)], syn, k, dsa, g, per_class)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_val = float(loss.detach()) / k
+            bar.update(loss_val)
+            done = it + 1
+            if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                Checkpoint(done, {"syn": syn, "momentum": opt.state[syn]["momentum_buffer"]}, meta).save(checkpoint)
+    seconds = time.perf_counter() - t0
+    images = real.denormalize(syn.detach()).cpu()
+    labels = torch.arange(k).repeat_interleave(ipc)
+    return distiller.make_set(real, images, labels, ipc, seed, iterations=cfg.iterations,
+                              iterations_run=cfg.iterations - start, seconds=round(seconds, 2),
+                              final_loss=loss_val, device=str(device), **extra)
