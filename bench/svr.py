@@ -2,7 +2,9 @@
 
 Run ``python bench/svr.py`` (full: 10 repetitions) or ``python bench/svr.py --quick``
 (2 repetitions, smaller test sets; for smoke testing). Writes ``bench/results/svr.json``
-and ``bench/results/svr.md`` (or the paths given by ``--out``).
+and ``bench/results/svr.md`` (or the paths given by ``--out``). ``python bench/svr.py
+--only-distill`` reruns only the extra tables (KIP-distilled diabetes training sets, see
+:func:`kip_distill_table`) and merges them into an existing svr.json/svr.md.
 
 For each data set and repetition, one train/test split is drawn and every method is fitted
 on the same training set; X is standardised by a ``StandardScaler`` inside a ``Pipeline``
@@ -234,9 +236,121 @@ METHODS = {
 
 # Hook for later steps: extra result tables, each a callable
 # ``table(args) -> (title, rows)`` with ``rows`` a list of dicts with the keys of the main
-# table (dataset, method, rmse_mean, rmse_std, fit_s_mean, fit_s_std). A later step will
-# append a table for a KIP-distilled diabetes training set here; nothing is registered now.
+# table (dataset, method, rmse_mean, rmse_std, fit_s_mean, fit_s_std).
 EXTRA_TABLES: list = []
+
+# KIP-distilled diabetes training sets (issue 4, last point): sizes and KIP settings.
+KIP_SIZES = (20, 40)
+KIP_SETTINGS = {"kernel": "rbf", "reg": 1e-6, "iterations": 300, "lr": 0.01}
+
+
+def _rmse(pred, y):
+    return float(np.sqrt(np.mean((pred - y) ** 2)))
+
+
+def kip_distill_table(args):
+    """WL-SVR fitted on KIP-distilled vs random vs all diabetes training rows.
+
+    For each repetition ``r`` the diabetes split of the main table is drawn
+    (``numpy.random.default_rng([seed, r])``, random 75/25 split: 331 training, 111 test
+    rows). For each m in :data:`KIP_SIZES` the training set is distilled to m rows with
+    :func:`ddkit.distill.kip.kip_tabular` (:data:`KIP_SETTINGS`: RBF kernel with the
+    median-heuristic bandwidth, λ = 1e-6 trace-scaled ridge, 300 full-batch Adam steps at
+    lr 0.01, learned X and y, seed r), and ``WorkingLikelihoodSVR()`` (defaults, X
+    standardised in a Pipeline) is fitted on (a) the m distilled rows, (b) m random
+    training rows (drawn from the same rng), (c) all training rows. As a reference, the KRR
+    predictor KIP optimises (same kernel and ridge; the distilled rows, and the random rows,
+    as support) is also scored. torch runs single-threaded here (much faster for these tiny problems on a
+    shared CPU).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Uses ``reps`` (``args.reps`` or 10) and ``seed``.
+
+    Returns
+    -------
+    title : str
+    rows : list of dict
+        ``dataset``, ``method``, ``reps``, ``rmse_mean``/``rmse_std`` (test RMSE, units of
+        y), ``fit_s_mean``/``fit_s_std`` (seconds: the SVR fit; for KIP rows the
+        distillation time is in ``distill_s_*``), ``m``.
+    """
+    import torch
+
+    from ddkit.distill.kip import kip_tabular, median_bandwidth, rbf_kernel
+    from ddkit.spectral.loss import krr_predict_kernel
+
+    reps = args.reps if args.reps is not None else 10
+    load = real("diabetes")
+    rec = {}
+
+    def add(name, m, rmse, fit_s, distill_s=None):
+        r = rec.setdefault(name, {"m": m, "rmse": [], "fit_s": [], "distill_s": []})
+        r["rmse"].append(rmse)
+        r["fit_s"].append(fit_s)
+        if distill_s is not None:
+            r["distill_s"].append(distill_s)
+
+    def wl_fit(X, y):
+        est = make_pipeline(StandardScaler(), WorkingLikelihoodSVR())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            t0 = time.perf_counter()
+            est.fit(X, y)
+        return est, time.perf_counter() - t0
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for rep in range(reps):
+            rng = np.random.default_rng([args.seed, rep])
+            X_tr, X_te, y_tr, y_te, _ = load(rng)
+            est, dt = wl_fit(X_tr, y_tr)
+            add(f"WL-SVR on all training rows ({len(y_tr)})", len(y_tr), _rmse(est.predict(X_te), y_te), dt)
+            for m in KIP_SIZES:
+                t0 = time.perf_counter()
+                X_s, y_s = kip_tabular(X_tr, y_tr, m, seed=rep, **KIP_SETTINGS)
+                dist_s = time.perf_counter() - t0
+                est, dt = wl_fit(X_s, y_s)
+                add(f"WL-SVR on {m} KIP rows", m, _rmse(est.predict(X_te), y_te), dt, dist_s)
+                idx = rng.choice(len(y_tr), m, replace=False)
+                est, dt = wl_fit(X_tr[idx], y_tr[idx])
+                add(f"WL-SVR on {m} random rows", m, _rmse(est.predict(X_te), y_te), dt)
+                # reference: the KRR predictor KIP optimises (standardised units), on the KIP
+                # rows and on the random rows
+                mx, sx = X_tr.mean(0), X_tr.std(0)
+                my, sy = y_tr.mean(), y_tr.std()
+                h = median_bandwidth(torch.as_tensor((X_tr - mx) / sx))
+                for label, (Xa, ya) in (("KIP", (X_s, y_s)), ("random", (X_tr[idx], y_tr[idx]))):
+                    a, b = (torch.as_tensor((v - mx) / sx) for v in (Xa, X_te))
+                    kss = rbf_kernel(a, a, h)
+                    ridge = KIP_SETTINGS["reg"] * float(torch.trace(kss)) / m
+                    t0 = time.perf_counter()
+                    pred = krr_predict_kernel(rbf_kernel(b, a, h), kss, torch.as_tensor((ya - my) / sy)[:, None],
+                                              ridge)
+                    dt = time.perf_counter() - t0
+                    add(f"(reference) KRR on {m} {label} rows", m, _rmse(pred[:, 0].numpy() * sy + my, y_te), dt)
+    finally:
+        torch.set_num_threads(threads)
+    order = [n for n in rec if n.startswith("WL-SVR on all")]
+    for m in KIP_SIZES:
+        order += [n for n in rec if n.endswith((f" {m} KIP rows", f" {m} random rows"))]
+    rows = []
+    for name in order:
+        r = rec[name]
+        row = {"dataset": "diabetes", "method": name, "m": r["m"], "reps": reps}
+        for key in ("rmse", "fit_s", "distill_s"):
+            if r[key]:
+                row[f"{key}_mean"] = float(np.mean(r[key]))
+                row[f"{key}_std"] = float(np.std(r[key]))
+        rows.append(row)
+    title = (f"KIP-distilled diabetes training sets (WorkingLikelihoodSVR, test RMSE, {reps} splits; "
+             f"kip_tabular {KIP_SETTINGS})")
+    return title, rows
+
+
+EXTRA_TABLES.append(kip_distill_table)
 
 
 # --------------------------------------------------------------------------- running
@@ -406,12 +520,17 @@ def to_markdown(meta, rows, extra):
                 lines.append(f"| {n} | {m} | {_pm(r, 'eps', '.3f')} | "
                              f"{_pm(r, 'sigma', '.3f')} | {_pm(r, 'n_iter', '.1f')} | "
                              f"{_pm(r, 'n_sv', '.0f')} | {r['convergence_warnings']} |")
+    if extra and meta.get("extra_tables_command"):
+        lines += ["", f"Extra tables below written by `{meta['extra_tables_command']}` on "
+                  f"{meta['extra_tables_date']} ({meta['extra_tables_wall_s']:.0f} s)."]
     for title, extra_rows in extra:
-        lines += ["", f"## {title}", "", "| data set | method | test RMSE | fit time (s) |",
-                  "|---|---|---|---|"]
+        distill = any("distill_s_mean" in r for r in extra_rows)
+        lines += ["", f"## {title}", "", "| data set | method | test RMSE | fit time (s) |"
+                  + (" distillation time (s) |" if distill else ""),
+                  "|---|---|---|---|" + ("---|" if distill else "")]
         for r in extra_rows:
             lines.append(f"| {r['dataset']} | {r['method']} | {_pm(r, 'rmse', '.4g')} | "
-                         f"{_pm(r, 'fit_s', '.3f')} |")
+                         f"{_pm(r, 'fit_s', '.3f')} |" + (f" {_pm(r, 'distill_s', '.2f')} |" if distill else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -442,7 +561,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="directory for svr.json and svr.md")
+    p.add_argument("--only-distill", action="store_true",
+                   help="recompute only the extra tables (KIP-distilled diabetes) and merge them into an "
+                   "existing svr.json in --out, keeping its main rows and metadata")
     args = p.parse_args(argv)
+    if args.only_distill:
+        return _only_extra(args, argv)
     reps = args.reps if args.reps is not None else (2 if args.quick else 10)
     n_test = args.n_test if args.n_test is not None else (300 if args.quick else 1000)
 
@@ -475,6 +599,32 @@ def main(argv=None):
     (args.out / "svr.md").write_text(to_markdown(meta, rows, extra))
     print(f"wrote {args.out / 'svr.json'} and {args.out / 'svr.md'} "
           f"({meta['wall_s']:.0f} s)")
+    return results
+
+
+def _only_extra(args, argv):
+    """``--only-distill``: rerun the ``EXTRA_TABLES`` and merge them into ``--out``/svr.json.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``--out`` has no svr.json from a full run.
+    """
+    path = args.out / "svr.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the full benchmark once first")
+    results = json.loads(path.read_text())
+    t0 = time.perf_counter()
+    extra = [table(args) for table in EXTRA_TABLES]
+    meta = results["meta"]
+    meta["extra_tables_command"] = " ".join(["python bench/svr.py",
+                                             *(sys.argv[1:] if argv is None else argv)])
+    meta["extra_tables_date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    meta["extra_tables_wall_s"] = time.perf_counter() - t0
+    results["extra_tables"] = [{"title": t, "rows": r} for t, r in extra]
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "svr.md").write_text(to_markdown(meta, results["rows"], extra))
+    print(f"updated the extra tables of {path} and svr.md ({meta['extra_tables_wall_s']:.0f} s)")
     return results
 
 
