@@ -54,19 +54,30 @@ Two ways to compute the per-class gradients (``batched``):
   stays on the ordinary autograd tape, so the image gradient is second order as
   required. Equal to the loop up to float rounding (tested).
 
-Measured on this project's CPU machine (2 cores, shared with a running benchmark, so
-timings are noisy; torch 2.14.1, float32), IPC 10, ``convnet-w32``, 10 classes, median
-of 3 repeats of one full matching step (real and synthetic per-class gradients,
-distance, backward to the images):
+Measured on this project's CPU machine (2 cores, shared with a long benchmark: load
+average 3-7 during the runs, so timings are noisy; torch 2.14.1, float32), IPC 10,
+``convnet-w32``, 10 classes: seconds for one full matching step (all classes' real and
+synthetic gradients, the distance, backward to the images), median of 9 interleaved
+repeats (the first vmap call, ≈ 3.5-4 s of set-up, is one of them; the median drops it);
+the timing script is not kept in the repository:
 
-=============================================  ==========  ==========
-data, real batch per class                     loop        vmap
-=============================================  ==========  ==========
-digits 8×8, batch_real 64                      ``LOOP_D``  ``VMAP_D``
-Fashion-MNIST 28×28 (300/class), batch_real 32 ``LOOP_F``  ``VMAP_F``
-=============================================  ==========  ==========
+===================================================  =======  ===========  ===========
+data, real batch per class                           threads  loop         vmap
+===================================================  =======  ===========  ===========
+digits 8×8, batch_real 64                            1        0.28         0.19
+digits 8×8, batch_real 64                            2        0.57         0.46
+Fashion-MNIST 28×28 (300/class), batch_real 32       1        0.59, 0.66   1.46, 0.99
+Fashion-MNIST 28×28 (300/class), batch_real 32       2        4.87         3.02
+===================================================  =======  ===========  ===========
 
-The loop was kept as the default because TIMING_VERDICT.
+(two Fashion-MNIST single-thread runs; the two-thread rows ran oversubscribed at load
+≈ 7 and vary by 2× between repeats.) One whole outer iteration at IPC 10 on digits
+(10 matching steps and 9 × 50 inner steps, batch_real 64) took 43-61 s in either mode
+under that load: the inner loop, identical in both modes, dominates.
+
+The loop is the default: it was faster at 28×28 (the size the published numbers use) in
+the least contended measurements and it is the reference's formulation.
+``batched=True`` may pay off for tiny images or on a GPU (not measured here).
 """
 
 from __future__ import annotations
@@ -300,10 +311,10 @@ class DCDistiller(Distiller):
             resume) -> DistilledSet:
         cfg: GMConfig = self.config  # type: ignore[assignment]
         k, size, ch = real.num_classes, real.image_size[0], real.channels
-        model_key = cfg.model.strip().lower()
-        if model_key.endswith("bn") or "batch" in model_key:
+        probe = get_model(cfg.model, ch, k, size)
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules()):
             raise ConfigError(f"{self.name} needs per-sample normalisation for per-class gradients; "
-                              f"batch-norm model {cfg.model!r} is not supported")
+                              f"model {cfg.model!r} contains batch norm and is not supported")
         if cfg.init not in ("real", "noise"):
             raise ConfigError(f"{self.name} init must be 'real' or 'noise', got {cfg.init!r}")
         if cfg.outer_loop < 0 or cfg.inner_loop < 0 or cfg.batch_real < 1 or cfg.batch_train < 1:
