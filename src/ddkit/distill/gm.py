@@ -61,19 +61,25 @@ synthetic gradients, the distance, backward to the images), median of 9 interlea
 repeats (the first vmap call, ≈ 3.5-4 s of set-up, is one of them; the median drops it);
 the timing script is not kept in the repository:
 
-===================================================  =======  ===========  ===========
-data, real batch per class                           threads  loop         vmap
-===================================================  =======  ===========  ===========
-digits 8×8, batch_real 64                            1        0.28         0.19
-digits 8×8, batch_real 64                            2        0.57         0.46
-Fashion-MNIST 28×28 (300/class), batch_real 32       1        0.59, 0.66   1.46, 0.99
-Fashion-MNIST 28×28 (300/class), batch_real 32       2        4.87         3.02
-===================================================  =======  ===========  ===========
+===================================================  =======  ================  ===========
+data, real batch per class                           threads  loop              vmap
+===================================================  =======  ================  ===========
+digits 8×8, batch_real 64                            1        0.28              0.19
+digits 8×8, batch_real 64                            2        0.57              0.46
+Fashion-MNIST 28×28 (300/class), batch_real 32       1        0.59, 0.66, 0.56  1.46, 0.99, 0.98
+Fashion-MNIST 28×28 (300/class), batch_real 32       2        4.87              3.02
+===================================================  =======  ================  ===========
 
-(two Fashion-MNIST single-thread runs; the two-thread rows ran oversubscribed at load
-≈ 7 and vary by 2× between repeats.) One whole outer iteration at IPC 10 on digits
-(10 matching steps and 9 × 50 inner steps, batch_real 64) took 43-61 s in either mode
-under that load: the inner loop, identical in both modes, dominates.
+(three Fashion-MNIST single-thread runs. The two-thread rows ran oversubscribed — two
+torch threads beside the benchmark's — and are ~8× slower and vary 2× between repeats;
+single-threaded numbers are the reliable ones on this machine.) Whole outer iterations
+at IPC 10, single-threaded, one or two runs each (10 matching steps plus 9 × 50
+inner-loop steps, identical code in both modes): digits, batch_real 64: loop 7.2 / 6.7 s,
+vmap 6.2 / 6.4 s; Fashion-MNIST subset, batch_real 32: loop 65 s, vmap 47 s. The
+inner loop dominates these; under the benchmark's varying load such runs spread widely
+(digits, two threads: 43-61 s for the same work), more than the matching-step
+difference (≈ 4 s per iteration in the loop's favour at 28×28), so single whole runs
+do not decide between the modes.
 
 The loop is the default: it was faster at 28×28 (the size the published numbers use) in
 the least contended measurements and it is the reference's formulation.
