@@ -182,3 +182,33 @@ def iteration_generator(seed: int, iteration: int) -> torch.Generator:
     s = (int(seed) * 1_000_003 + int(iteration) * 7_919 + 12_345) % (2**63 - 1)
     torch.manual_seed(s)
     return torch.Generator().manual_seed(s)
+
+
+def sample_per_class(by_class: list[torch.Tensor], n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` indices per class, class-major (int64, K·n), drawn with ``generator``.
+
+    Without replacement (a random permutation's first ``n``); if any class has fewer than
+    ``n`` samples, every class is drawn with replacement instead.
+    """
+    if any(ix.numel() < n for ix in by_class):
+        return torch.cat([ix[torch.randint(ix.numel(), (n,), generator=generator)] for ix in by_class])
+    return torch.cat([ix[torch.randperm(ix.numel(), generator=generator)[:n]] for ix in by_class])
+
+
+def initial_synthetic(real_x: torch.Tensor, by_class: list[torch.Tensor], ipc: int, init: str,
+                      generator: torch.Generator) -> torch.Tensor:
+    """The starting synthetic set, class-major, (K·ipc)×C×H×W on ``real_x``'s device.
+
+    ``init="real"``: ``ipc`` random real images per class (the methods' default), taken from
+    the standardised real images ``real_x``; ``init="noise"``: standard normal noise (in
+    standardised units).
+
+    Raises:
+        ConfigError: ``init`` is neither.
+    """
+    if init == "real":
+        return real_x[sample_per_class(by_class, ipc, generator).to(real_x.device)].clone()
+    if init == "noise":
+        shape = (len(by_class) * ipc, *real_x.shape[1:])
+        return torch.randn(shape, generator=generator).to(real_x.device)
+    raise ConfigError(f"init must be 'real' or 'noise', got {init!r}")

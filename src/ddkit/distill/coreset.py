@@ -15,7 +15,7 @@ import torch
 
 from ddkit.artifact import DistilledSet
 from ddkit.data import ImageDataset
-from ddkit.distill.base import Distiller, MethodConfig, register
+from ddkit.distill.base import Distiller, MethodConfig, register, sample_per_class
 from ddkit.models import get_model
 from ddkit.train import TrainConfig, train_model
 from ddkit.utils import set_seed
@@ -30,8 +30,7 @@ class RandomDistiller(Distiller):
     def run(self, real: ImageDataset, ipc: int, *, device, seed, progress, checkpoint: Path | None,
             resume) -> DistilledSet:
         g = set_seed(seed)
-        picks = [ix[torch.randperm(ix.numel(), generator=g)[:ipc]] for ix in real.class_indices()]
-        idx = torch.cat(picks)
+        idx = sample_per_class(real.class_indices(), ipc, g)
         return self.make_set(real, real.float_images(idx), real.labels[idx], ipc, seed,
                              source_indices=idx.tolist())
 

@@ -20,7 +20,14 @@ from pydantic import field_validator
 from ddkit.artifact import DistilledSet
 from ddkit.augment import DSA, DSAConfig
 from ddkit.data import ImageDataset
-from ddkit.distill.base import Checkpoint, Distiller, MethodConfig, iteration_generator
+from ddkit.distill.base import (
+    Checkpoint,
+    Distiller,
+    MethodConfig,
+    initial_synthetic,
+    iteration_generator,
+    sample_per_class,
+)
 from ddkit.models import get_model
 from ddkit.progress import LoopProgress
 
@@ -66,12 +73,7 @@ def run_feature_matching(distiller: Distiller, real: ImageDataset, ipc: int, los
     by_class = real.class_indices()
     real_x = real.normalize(real.float_images()).to(device)  # the field's datasets fit in memory
     g0 = iteration_generator(seed, -1)
-    if cfg.init == "real":
-        init_idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g0)[:ipc]] for ix in by_class])
-        syn = real_x[init_idx.to(device)].clone()
-    else:
-        syn = torch.randn((k * ipc, real.channels, size, size), generator=g0).to(device)
-    syn.requires_grad_(True)
+    syn = initial_synthetic(real_x, by_class, ipc, cfg.init, g0).requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
     start = 0
     ck = distiller.load_checkpoint(checkpoint, resume, meta)
@@ -83,7 +85,6 @@ def run_feature_matching(distiller: Distiller, real: ImageDataset, ipc: int, los
     probe = get_model(cfg.model, real.channels, k, size)
     per_class = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in probe.modules())
     bsz = cfg.batch_real
-    with_replacement = any(ix.numel() < bsz for ix in by_class)
     t0 = time.perf_counter()
     loss_val = float("nan")
     with LoopProgress(title, cfg.iterations, start, enabled=progress) as bar:
@@ -92,10 +93,7 @@ def run_feature_matching(distiller: Distiller, real: ImageDataset, ipc: int, los
             net = get_model(cfg.model, real.channels, k, size).to(device)
             for p in net.parameters():
                 p.requires_grad_(False)
-            if with_replacement:
-                idx = torch.cat([ix[torch.randint(ix.numel(), (bsz,), generator=g)] for ix in by_class])
-            else:
-                idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g)[:bsz]] for ix in by_class])
+            idx = sample_per_class(by_class, bsz, g)
             loss = loss_fn(net.embed, real_x[idx.to(device)], syn, k, dsa, g, per_class)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -99,7 +99,15 @@ import torch.nn.functional as F
 from ddkit.artifact import DistilledSet
 from ddkit.augment import DEFAULT_STRATEGY, DSA, DSAConfig
 from ddkit.data import ImageDataset
-from ddkit.distill.base import Checkpoint, Distiller, MethodConfig, iteration_generator, register
+from ddkit.distill.base import (
+    Checkpoint,
+    Distiller,
+    MethodConfig,
+    initial_synthetic,
+    iteration_generator,
+    register,
+    sample_per_class,
+)
 from ddkit.errors import ConfigError
 from ddkit.models import get_model
 from ddkit.progress import LoopProgress
@@ -333,11 +341,7 @@ class DCDistiller(Distiller):
         by_class = real.class_indices()
         real_x = real.normalize(real.float_images()).to(device)
         g0 = iteration_generator(seed, -1)
-        if cfg.init == "real":
-            init_idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g0)[:ipc]] for ix in by_class])
-            syn0 = real_x[init_idx.to(device)].clone()
-        else:
-            syn0 = torch.randn((k * ipc, ch, size, size), generator=g0).to(device)
+        syn0 = initial_synthetic(real_x, by_class, ipc, cfg.init, g0)
         syn = syn0.requires_grad_(True)
         labels = torch.arange(k).repeat_interleave(ipc)
         opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
@@ -349,7 +353,6 @@ class DCDistiller(Distiller):
             opt.state[syn]["momentum_buffer"] = ck.tensors["momentum"].to(device).clone()
             start = ck.iteration
         bsz = cfg.batch_real
-        replace = any(ix.numel() < bsz for ix in by_class)  # tiny classes: sample with replacement
         syn_groups = torch.arange(k).repeat_interleave(ipc)
         real_groups = torch.arange(k).repeat_interleave(bsz)
         t0 = time.perf_counter()
@@ -362,10 +365,7 @@ class DCDistiller(Distiller):
                 net_opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)
                 total = 0.0
                 for step in range(outer):
-                    if replace:
-                        idx = torch.cat([ix[torch.randint(ix.numel(), (bsz,), generator=g)] for ix in by_class])
-                    else:
-                        idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g)[:bsz]] for ix in by_class])
+                    idx = sample_per_class(by_class, bsz, g)
                     xr, xs = real_x[idx.to(device)], syn
                     if dsa is not None:
                         draw = dsa.draw(k, g)

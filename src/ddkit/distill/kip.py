@@ -59,7 +59,15 @@ from torch import Tensor
 
 from ddkit.artifact import DistilledSet
 from ddkit.data import ImageDataset
-from ddkit.distill.base import Checkpoint, Distiller, MethodConfig, iteration_generator, register
+from ddkit.distill.base import (
+    Checkpoint,
+    Distiller,
+    MethodConfig,
+    initial_synthetic,
+    iteration_generator,
+    register,
+    sample_per_class,
+)
 from ddkit.errors import ConfigError
 from ddkit.models import get_model
 from ddkit.progress import LoopProgress
@@ -273,13 +281,7 @@ class KIPDistiller(Distiller):
         by_class = real.class_indices()
         real_x = real.normalize(real.float_images()).to(device)
         g0 = iteration_generator(seed, -1)
-        if cfg.init == "real":
-            init_idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g0)[:ipc]] for ix in by_class])
-            syn0 = real_x[init_idx.to(device)].clone()
-        elif cfg.init == "noise":
-            syn0 = torch.randn((k * ipc, real.channels, size, size), generator=g0).to(device)
-        else:
-            raise ConfigError(f"kip init must be 'real' or 'noise', got {cfg.init!r}")
+        syn0 = initial_synthetic(real_x, by_class, ipc, cfg.init, g0)
         hard = torch.arange(k).repeat_interleave(ipc)
         syn = syn0.requires_grad_(True)
         y_syn = centred_one_hot(hard, k).to(device).requires_grad_(cfg.learn_labels)
@@ -308,10 +310,7 @@ class KIPDistiller(Distiller):
                     for p in net.parameters():
                         p.requires_grad_(False)
                     nets.append(net)
-                if any(ix.numel() < per_class for ix in by_class):
-                    idx = torch.cat([ix[torch.randint(ix.numel(), (per_class,), generator=g)] for ix in by_class])
-                else:
-                    idx = torch.cat([ix[torch.randperm(ix.numel(), generator=g)[:per_class]] for ix in by_class])
+                idx = sample_per_class(by_class, per_class, g)
                 x_t = real_x[idx.to(device)]
                 y_t = centred_one_hot(real.labels[idx], k).to(device)
                 if cfg.kernel == "nngp":
