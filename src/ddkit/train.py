@@ -30,6 +30,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     batch_size: int = 256
     decay_at: float = 0.5  # lr × 0.1 once this fraction of the epochs is done
+    loss: str = "ce"  # "ce": cross-entropy (hard or probability labels); "mse": regression on N×K targets
 
 
 def train_model(
@@ -47,8 +48,9 @@ def train_model(
     Args:
         model: a zoo network on the target device.
         images: N×C×H×W float32, standardised (dataset mean/std), on the model's device.
-        labels: int64 (N,) class indices, or float32 N×K soft labels (probabilities; the
-            loss is then cross-entropy against them).
+        labels: int64 (N,) class indices, or float32 N×K soft labels (probabilities, with
+            ``loss="ce"``: cross-entropy against them; any real targets with ``loss="mse"``,
+            the KIP/FRePo evaluation of learned labels).
         config: :class:`TrainConfig`.
         augment: DSA applied per batch (non-siamese: one op, per-sample parameters).
         generator: CPU generator for shuffling and augmentation (determinism).
@@ -74,7 +76,8 @@ def train_model(
             x, y = images[idx], labels[idx]
             if augment is not None:
                 x = augment(x, generator=generator)
-            loss = F.cross_entropy(model(x), y)
+            out = model(x)
+            loss = F.mse_loss(out, y) if config.loss == "mse" else F.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -5,7 +5,8 @@ The DC/DSA/DM protocol (Zhao et al. 2021; Zhao & Bilen 2021, 2023): ``runs`` net
 with the shared training loop (SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
 lr × 0.1 at half), for 1000 epochs with DSA augmentation (300 without); report mean ± std
 of the test accuracy. A distilled set with a learned learning rate (MTT) is trained with
-that rate. Soft labels are trained with cross-entropy against the label distribution.
+that rate. Soft labels that are distributions are trained with cross-entropy against them;
+learned labels that are not (KIP/FRePo regression targets) with MSE, as those papers do.
 """
 
 from __future__ import annotations
@@ -109,7 +110,11 @@ def evaluate(
     x = ds.normalized_images().to(dev)
     y = ds.labels.to(dev)
     lr = float(ds.lr) if ds.lr is not None else TrainConfig.lr
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size)
+    # learned labels that are not distributions (KIP/FRePo regression targets) are trained
+    # with MSE, as those papers evaluate them; probability labels with cross-entropy
+    regression = ds.soft_labels and not (bool((ds.labels >= 0).all())
+                                         and torch.allclose(ds.labels.sum(1), torch.ones(len(ds.labels)), atol=1e-3))
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, loss="mse" if regression else "ce")
     dsa = DSA(image_size=size) if augment else None
     mean = torch.tensor(ds.mean, device=dev).view(-1, 1, 1)
     std = torch.tensor(ds.std, device=dev).view(-1, 1, 1)
@@ -126,7 +131,8 @@ def evaluate(
             print(f"  run {i + 1}/{runs}: {100 * acc:.2f} %", flush=True)
     protocol = (f"hard-label CE, SGD lr {lr:g} mom 0.9 wd 5e-4, {epochs} ep, "
                 f"{'DSA' if augment else 'no'} augmentation" if not ds.soft_labels else
-                f"soft-label CE (stored labels), SGD lr {lr:g}, {epochs} ep, "
+                f"soft-label {'MSE (regression targets)' if regression else 'CE'} (stored labels), SGD lr {lr:g}, "
+                f"{epochs} ep, "
                 f"{'DSA' if augment else 'no'} augmentation")
     return EvalResult(
         dataset=ds.dataset, method=ds.method, ipc=ds.ipc, model=model, runs=runs, epochs=epochs,
