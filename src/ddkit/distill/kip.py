@@ -35,9 +35,8 @@ Adam optimiser, and the artifact stores them as float32 N×K — they are *regre
 targets*, not probabilities (entries may be negative, rows do not sum to 1). With
 ``learn_labels=False`` the artifact has int64 hard labels.
 
-Evaluation caveat: the project's evaluation trains networks with cross-entropy against soft
-labels, which is not meaningful for KIP's regression targets. KIP sets should be evaluated
-with an MSE loss or by KRR (as the papers do); the evaluation code is not changed here.
+Evaluation: learned labels are regression targets, not distributions; ``ddkit.evaluate``
+detects that and trains its networks with MSE against them, as the KIP papers do.
 
 Real batch: ``batch_real`` (default 256) real images per iteration in total, drawn
 class-balanced (``max(1, batch_real // K)`` per class). The KIP papers used larger target
@@ -255,7 +254,7 @@ class KIPDistiller(Distiller):
 
     Output :class:`~ddkit.artifact.DistilledSet`: images float32 N×C×H×W in [0, 1]
     (N = K · ipc, class-major); labels float32 N×K learned regression targets when
-    ``learn_labels`` (evaluate with MSE/KRR, not cross-entropy), else int64 (N,).
+    ``learn_labels`` (regression targets; evaluation uses MSE), else int64 (N,).
     ``extra`` records ``iterations``, ``iterations_run``, ``seconds``, ``final_loss``,
     ``kernel`` and ``device``.
 
