@@ -259,8 +259,8 @@ def dataset_status(name: str, data_root: str | Path | None = None) -> tuple[str 
     for root in _candidate_roots(key, data_root):
         try:
             found = info.loader(root, "test", False)
-        except Exception:  # a partial or corrupt copy counts as not found here
-            found = None
+        except Exception as exc:  # a partial or corrupt copy: say so rather than hide it
+            return f"unreadable copy under {root} ({type(exc).__name__}: {str(exc)[:80]})", info.how_to_get
         if found is not None:
             return found[3], info.how_to_get
     return None, info.how_to_get
