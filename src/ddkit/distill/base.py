@@ -86,6 +86,19 @@ class Checkpoint:
                       metadata={"iteration": str(self.iteration), "meta": json.dumps(self.meta, sort_keys=True)})
 
     @classmethod
+    def of_sgd(cls, iteration: int, syn: torch.Tensor, opt: torch.optim.SGD, meta: dict[str, Any]) -> Checkpoint:
+        """A checkpoint of synthetic images ``syn`` optimised by SGD with momentum ``opt``."""
+        return cls(iteration, {"syn": syn, "momentum": opt.state[syn]["momentum_buffer"]}, meta)
+
+    def restore_sgd(self, syn: torch.Tensor, opt: torch.optim.SGD) -> int:
+        """Copy the stored images into ``syn`` and the momentum into ``opt``; return the
+        iteration to continue from (the inverse of :meth:`of_sgd`)."""
+        with torch.no_grad():
+            syn.copy_(self.tensors["syn"].to(syn.device))
+        opt.state[syn]["momentum_buffer"] = self.tensors["momentum"].to(syn.device).clone()
+        return self.iteration
+
+    @classmethod
     def load(cls, path: str | Path) -> Checkpoint:
         from safetensors import safe_open
 

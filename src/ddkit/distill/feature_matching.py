@@ -78,10 +78,7 @@ def run_feature_matching(distiller: Distiller, real: ImageDataset, ipc: int, los
     start = 0
     ck = distiller.load_checkpoint(checkpoint, resume, meta)
     if ck is not None:
-        with torch.no_grad():
-            syn.copy_(ck.tensors["syn"].to(device))
-        opt.state[syn]["momentum_buffer"] = ck.tensors["momentum"].to(device).clone()
-        start = ck.iteration
+        start = ck.restore_sgd(syn, opt)
     probe = get_model(cfg.model, real.channels, k, size)
     per_class = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in probe.modules())
     bsz = cfg.batch_real
@@ -102,7 +99,7 @@ def run_feature_matching(distiller: Distiller, real: ImageDataset, ipc: int, los
             bar.update(loss_val)
             done = it + 1
             if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-                Checkpoint(done, {"syn": syn, "momentum": opt.state[syn]["momentum_buffer"]}, meta).save(checkpoint)
+                Checkpoint.of_sgd(done, syn, opt, meta).save(checkpoint)
     seconds = time.perf_counter() - t0
     images = real.denormalize(syn.detach()).cpu()
     labels = torch.arange(k).repeat_interleave(ipc)

@@ -348,12 +348,9 @@ class DCDistiller(Distiller):
         start = 0
         ck = self.load_checkpoint(checkpoint, resume, meta)
         if ck is not None:
-            with torch.no_grad():
-                syn.copy_(ck.tensors["syn"].to(device))
-            opt.state[syn]["momentum_buffer"] = ck.tensors["momentum"].to(device).clone()
-            start = ck.iteration
+            start = ck.restore_sgd(syn, opt)
         bsz = cfg.batch_real
-        syn_groups = torch.arange(k).repeat_interleave(ipc)
+        syn_groups = labels  # the DSA group of a synthetic image is its class
         real_groups = torch.arange(k).repeat_interleave(bsz)
         t0 = time.perf_counter()
         loss_val = float("nan")
@@ -385,8 +382,7 @@ class DCDistiller(Distiller):
                 bar.update(loss_val)
                 done = it + 1
                 if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-                    Checkpoint(done, {"syn": syn, "momentum": opt.state[syn]["momentum_buffer"]},
-                               meta).save(checkpoint)
+                    Checkpoint.of_sgd(done, syn, opt, meta).save(checkpoint)
         seconds = time.perf_counter() - t0
         images = real.denormalize(syn.detach()).cpu()
         return self.make_set(real, images, labels, ipc, seed, iterations=cfg.iterations,
