@@ -3,9 +3,11 @@
 On disk it is one ``.safetensors`` file (never pickle: loading a distilled set runs no
 code). Tensors: ``images`` float32 N×C×H×W in pixel space [0, 1]; ``labels`` int64 (N,)
 hard labels or float32 N×K soft labels; optional ``lr`` float32 scalar (a learned
-learning rate, MTT). Metadata (string → string): ``ddkit`` holds a JSON object (method,
-its config, dataset, mean/std, class names, IPC, seed, ddkit version, creation time,
-free-form ``extra``) and ``sha256`` the SHA-256 over every tensor (name, dtype, shape,
+learning rate, MTT); optional ``teacher.<name>`` tensors, the state dict of a teacher
+network shipped with the set (CFM, soft-label evaluation), described by ``teacher_info``
+in the JSON (zoo model name, channels, classes, image size, ...). Metadata (string →
+string): ``ddkit`` holds a JSON object (method, its config, dataset, mean/std, class
+names, IPC, seed, ddkit version, creation time, free-form ``extra``) and ``sha256`` the SHA-256 over every tensor (name, dtype, shape,
 bytes, in name order) and the ``ddkit`` JSON, so any change to data or metadata is
 detected on load.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,10 @@ class DistilledSet:
         lr: optional learned learning rate (float32 scalar tensor, MTT).
         extra: free-form JSON metadata (budget, timings, ...).
         version, created: ddkit version and ISO-8601 UTC time of creation.
+        teacher: optional state dict of a teacher network (name → tensor), shipped with
+            the set for soft-label evaluation (CFM); stored as ``teacher.<name>`` tensors.
+        teacher_info: JSON description of the teacher (``model``: zoo name, ``channels``,
+            ``num_classes``, ``image_size``, ...); present exactly when ``teacher`` is.
     """
 
     images: torch.Tensor
@@ -66,13 +72,22 @@ class DistilledSet:
     extra: dict[str, Any] = field(default_factory=dict)
     version: str = field(default_factory=_version)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    teacher: dict[str, torch.Tensor] | None = None
+    teacher_info: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.images = self.images.detach().to("cpu", torch.float32).contiguous()
         self.labels = self.labels.detach().cpu().contiguous()
         if self.lr is not None:
             self.lr = torch.as_tensor(self.lr, dtype=torch.float32).detach().cpu().reshape(())
+        if self.teacher is not None:
+            self.teacher = {str(k): v.detach().cpu().contiguous() for k, v in self.teacher.items()}
         self.validate()
+
+    @property
+    def has_teacher(self) -> bool:
+        """Whether the set ships a teacher network (``teacher`` and ``teacher_info``)."""
+        return self.teacher is not None
 
     @property
     def num_classes(self) -> int:
@@ -123,18 +138,30 @@ class DistilledSet:
             raise ArtifactError(f"labels must be (N,) or N×K, got shape {tuple(y.shape)}")
         if len(self.mean) != x.shape[1] or len(self.std) != x.shape[1]:
             raise ArtifactError("mean/std must have one entry per image channel")
+        if (self.teacher is None) != (self.teacher_info is None):
+            raise ArtifactError("a shipped teacher needs both its weights and teacher_info")
+        if self.teacher is not None:
+            if not self.teacher or not isinstance(self.teacher_info, dict) or "model" not in self.teacher_info:
+                raise ArtifactError("teacher must be a non-empty state dict and teacher_info must name its model")
+            for name, t in self.teacher.items():
+                if not isinstance(t, torch.Tensor) or (t.is_floating_point() and not torch.isfinite(t).all()):
+                    raise ArtifactError(f"teacher tensor {name!r} is not a finite tensor")
 
     # ------------------------------------------------------------------ file format
     def _tensors(self) -> dict[str, torch.Tensor]:
         t = {"images": self.images, "labels": self.labels}
         if self.lr is not None:
             t["lr"] = self.lr
+        for name, v in (self.teacher or {}).items():
+            t[f"teacher.{name}"] = v
         return t
 
     def _meta(self) -> dict[str, Any]:
-        meta = asdict(self)
-        for k in ("images", "labels", "lr"):
-            meta.pop(k)
+        meta = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("images", "labels", "lr", "teacher")}
+        meta = json.loads(json.dumps(meta))  # a plain JSON copy, as asdict made before
+        if self.teacher_info is None:
+            meta.pop("teacher_info")  # files without a teacher keep their exact old layout
         meta["format"] = FORMAT
         meta["mean"], meta["std"] = list(self.mean), list(self.std)
         return meta
@@ -187,7 +214,8 @@ class DistilledSet:
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         if "ddkit" not in meta or "sha256" not in meta:
             raise ArtifactError(f"{str(p)!r} is a safetensors file but not a ddkit distilled set")
-        if set(tensors) - {"images", "labels", "lr"} or not {"images", "labels"} <= set(tensors):
+        plain = {k for k in tensors if not k.startswith("teacher.")}
+        if plain - {"images", "labels", "lr"} or not {"images", "labels"} <= plain:
             raise ArtifactError(f"{str(p)!r} has unexpected tensors {sorted(tensors)}")
         if cls._digest(tensors, meta["ddkit"]) != meta["sha256"]:
             raise ArtifactError(f"{str(p)!r} failed its SHA-256 check: the file was modified or is corrupt")
@@ -196,6 +224,10 @@ class DistilledSet:
             if info.pop("format", None) != FORMAT:
                 raise ArtifactError(f"{str(p)!r}: unknown distilled-set format")
             info["mean"], info["std"] = tuple(info["mean"]), tuple(info["std"])
-            return cls(images=tensors["images"], labels=tensors["labels"], lr=tensors.get("lr"), **info)
+            teacher = {k[len("teacher."):]: v for k, v in tensors.items() if k.startswith("teacher.")} or None
+            if (teacher is None) != (info.get("teacher_info") is None):
+                raise ArtifactError(f"{str(p)!r}: teacher tensors and teacher_info do not go together")
+            return cls(images=tensors["images"], labels=tensors["labels"], lr=tensors.get("lr"), teacher=teacher,
+                       **info)
         except (TypeError, KeyError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{str(p)!r} has malformed metadata ({exc})") from None
