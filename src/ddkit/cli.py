@@ -134,6 +134,34 @@ def distill(
 
 @app.command()
 @_cli_errors
+def buffer(
+    dataset: Annotated[str, typer.Argument(help="Dataset name (see `ddkit datasets`).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Buffer folder (created; re-run to resume).")],
+    experts: Annotated[int, typer.Option(help="Expert trajectories (MTT paper: 100).")] = 10,
+    epochs: Annotated[int, typer.Option(help="Epochs per expert (MTT: 50).")] = 50,
+    model: Annotated[str, typer.Option(help="Expert network (zoo name).")] = "convnet",
+    lr: Annotated[float, typer.Option(help="SGD learning rate of the experts (MTT: 0.01).")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="Real images per SGD step (MTT: 256).")] = 256,
+    dsa: Annotated[bool, typer.Option("--dsa/--no-dsa", help="DSA augmentation of the real batches.")] = True,
+    train_subset: Annotated[int | None, typer.Option(help="Images per class to train on (default: all, "
+                                                          "as in MTT).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
+):
+    """Train MTT expert trajectories: per expert, its parameters after every epoch (`--method mtt` needs them)."""
+    import ddkit
+    from ddkit.distill.buffer import train_experts
+
+    real = ddkit.load_dataset(dataset, "train", data_root=data_root)
+    buf = train_experts(real, out_dir, experts=experts, epochs=epochs, model=model, lr=lr, batch_size=batch_size,
+                        dsa=dsa, train_subset=train_subset, seed=seed, device=device, progress=not quiet)
+    out.print(f"{out_dir}: {len(buf)} finished expert trajectories × {buf.epochs} epochs ({buf.model}, {dataset})")
+
+
+@app.command()
+@_cli_errors
 def evaluate(
     file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
     model: Annotated[str, typer.Option(help="Evaluation network (zoo name).")] = "convnet",
