@@ -7,9 +7,9 @@ learning rate, MTT); optional ``teacher.<name>`` tensors, the state dict of a te
 network shipped with the set (CFM, soft-label evaluation), described by ``teacher_info``
 in the JSON (zoo model name, channels, classes, image size, ...). Metadata (string →
 string): ``ddkit`` holds a JSON object (method, its config, dataset, mean/std, class
-names, IPC, seed, ddkit version, creation time, free-form ``extra``) and ``sha256`` the SHA-256 over every tensor (name, dtype, shape,
-bytes, in name order) and the ``ddkit`` JSON, so any change to data or metadata is
-detected on load.
+names, IPC, seed, ddkit version, creation time, free-form ``extra``) and ``sha256`` the
+SHA-256 over every tensor (name, dtype, shape, bytes, in name order) and the ``ddkit``
+JSON, so any change to data or metadata is detected on load.
 """
 
 from __future__ import annotations

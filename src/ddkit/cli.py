@@ -166,13 +166,18 @@ def evaluate(
     file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
     model: Annotated[str, typer.Option(help="Evaluation network (zoo name).")] = "convnet",
     runs: Annotated[int, typer.Option(help="Networks trained from scratch.")] = 5,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (default 1000 with DSA, 300 without).")] = None,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="DSA augmentation.")] = True,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (hard: 1000 with DSA, 300 without; soft: 1000).")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment",
+                                          help="Augmentation (hard: DSA; soft: crop, flip, CutMix).")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the first network.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the test set.")] = None,
     quiet: Annotated[bool, typer.Option(help="No per-run lines.")] = False,
+    protocol: Annotated[str, typer.Option(help="hard (DC/DSA/DM), soft (RDED/CFM: teacher's online soft labels) "
+                                               "or auto (soft when the set ships a teacher).")] = "auto",
+    teacher: Annotated[Path | None, typer.Option(help="Teacher for the soft protocol: a teacher file or a set "
+                                                      "that ships one (default: the set's own).")] = None,
 ):
     """Train fresh networks on a distilled set; print the test accuracy mean ± std."""
     import ddkit
@@ -181,9 +186,10 @@ def evaluate(
     if json_out is not None:
         check_writable(json_out)
     result = ddkit.evaluate(file, model=model, runs=runs, epochs=epochs, augment=augment, device=device,
-                            seed=seed, data_root=data_root, progress=not quiet)
+                            seed=seed, data_root=data_root, progress=not quiet, protocol=protocol, teacher=teacher)
     out.print(f"{result.method} IPC {result.ipc} on {result.dataset}, {model}, {runs} runs × "
               f"{result.epochs} epochs: test accuracy {result.summary()}")
+    out.print(f"protocol: {result.protocol}", highlight=False)
     if json_out is not None:
         result.save(json_out)
 

@@ -7,6 +7,10 @@ lr × 0.1 at half), for 1000 epochs with DSA augmentation (300 without); report 
 of the test accuracy. A distilled set with a learned learning rate (MTT) is trained with
 that rate. Soft labels that are distributions are trained with cross-entropy against them;
 learned labels that are not (KIP/FRePo regression targets) with MSE, as those papers do.
+
+``protocol="soft"`` selects the soft-label protocol of RDED/CFM instead (students learn a
+teacher's online logits on CutMix batches; :mod:`ddkit.evaluate.soft`); ``"auto"`` (the
+default) uses it exactly when the set ships a teacher (CFM) or a teacher is passed.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class EvalResult:
     seconds: float
     device: str
     distilled: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # the protocol's settings, machine-readable
 
     def summary(self) -> str:
         """``"83.10 ± 0.42 %"`` style one-liner."""
@@ -72,8 +77,10 @@ def evaluate(
     seed: int = 0,
     test: ImageDataset | None = None,
     data_root: str | Path | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     progress: bool = False,
+    protocol: str = "auto",
+    teacher: Any = None,
 ) -> EvalResult:
     """Train ``runs`` fresh networks on a distilled set and test them on the real test set.
 
@@ -85,19 +92,35 @@ def evaluate(
         augment: DSA augmentation during training.
         device: ``auto``, ``cpu`` or ``cuda``. seed: seeds network i with ``seed + i``.
         test: the real test split (default: loaded from the registry by the set's dataset).
+        batch_size: training batch (default 256 hard; soft: by IPC, see
+            :func:`ddkit.evaluate.soft.default_batch_size`).
         progress: print one line per finished run.
+        protocol: ``hard`` (the DC/DSA/DM protocol above), ``soft`` (RDED/CFM soft-label
+            protocol: needs a teacher; epochs default 1000, ``augment`` toggles its crop,
+            flip and CutMix) or ``auto`` (soft when the set ships a teacher or one is given).
+        teacher: for ``soft``/``auto``: a teacher file, a distilled set that ships one, or a
+            :class:`~ddkit.distill.cfm.Teacher`; default the set's own.
 
     Returns:
         :class:`EvalResult` with accuracies in [0, 1]; ``std`` is the population std.
 
     Raises:
         ArtifactError: the file is not a valid distilled set.
-        ConfigError: runs < 1 or epochs < 1. ModelError: the model does not fit the images.
+        ConfigError: runs < 1 or epochs < 1, unknown protocol, soft protocol without a
+            teacher, a teacher with ``hard``, or a teacher that does not fit the set.
+        ModelError: the model does not fit the images.
         DatasetNotFoundError: the test set cannot be found.
     """
     ds = distilled if isinstance(distilled, DistilledSet) else DistilledSet.load(distilled)
     if runs < 1:
         raise ConfigError(f"runs must be ≥ 1, got {runs}")
+    from ddkit.evaluate.soft import resolve_protocol
+
+    chosen = resolve_protocol(protocol, ds.has_teacher, teacher is not None)
+    if chosen == "soft":
+        return _evaluate_soft(ds, teacher, model=model, runs=runs, epochs=epochs, augment=augment, device=device,
+                              seed=seed, test=test, data_root=data_root, batch_size=batch_size, progress=progress)
+    batch_size = 256 if batch_size is None else batch_size
     epochs = epochs if epochs is not None else (1000 if augment else 300)
     if epochs < 1:
         raise ConfigError(f"epochs must be ≥ 1, got {epochs}")
@@ -139,4 +162,33 @@ def evaluate(
         augment=augment, protocol=protocol, accuracies=accs, mean=statistics.fmean(accs),
         std=statistics.pstdev(accs), seconds=round(time.perf_counter() - t0, 2), device=str(dev),
         distilled={"seed": ds.seed, "created": ds.created, "extra": ds.extra, "version": ds.version},
+        settings={"name": "hard", "loss": cfg.loss, "optimizer": "SGD", "lr": lr, "momentum": 0.9,
+                  "weight_decay": 5e-4, "batch_size": batch_size, "epochs": epochs,
+                  "augmentation": "DSA" if augment else "none"},
+    )
+
+
+def _evaluate_soft(ds: DistilledSet, teacher: Any, *, model: str, runs: int, epochs: int | None, augment: bool,
+                   device: str | torch.device, seed: int, test: ImageDataset | None, data_root: str | Path | None,
+                   batch_size: int | None, progress: bool) -> EvalResult:
+    """The soft-label branch of :func:`evaluate` (see :mod:`ddkit.evaluate.soft`)."""
+    from ddkit.evaluate.soft import run_soft_protocol
+
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"epochs must be ≥ 1, got {epochs}")
+    dev = resolve_device(device)
+    test = test if test is not None else load_dataset(ds.dataset, "test", data_root=data_root)
+    if test.images.shape[1:] != ds.images.shape[1:]:
+        raise ConfigError(f"distilled images {tuple(ds.images.shape[1:])} do not match test images "
+                          f"{tuple(test.images.shape[1:])} of {test.name}")
+    t0 = time.perf_counter()
+    accs, protocol, settings = run_soft_protocol(ds, teacher, test, model=model, runs=runs, epochs=epochs,
+                                                 augment=augment, device=dev, seed=seed, batch_size=batch_size,
+                                                 progress=progress)
+    return EvalResult(
+        dataset=ds.dataset, method=ds.method, ipc=ds.ipc, model=model, runs=runs, epochs=settings["epochs"],
+        augment=augment, protocol=protocol, accuracies=accs, mean=statistics.fmean(accs),
+        std=statistics.pstdev(accs), seconds=round(time.perf_counter() - t0, 2), device=str(dev),
+        distilled={"seed": ds.seed, "created": ds.created, "extra": ds.extra, "version": ds.version},
+        settings=settings,
     )
