@@ -4,7 +4,7 @@ FRePo treats the last layer of a network as the only part trained to convergence
 features ``H = f_θ(x)`` of a *frozen* network, training a linear head on the distilled set
 ``(X_s, Y_s)`` by ridge regression predicts the labels of real images as
 
-    ŷ_t = H_t H_sᵀ (H_s H_sᵀ + λ' I)^-1 Y_s,     λ' = λ · tr(H_s H_sᵀ) / n_s          (paper eq. 4)
+    ŷ_t = H_t H_sᵀ (H_s H_sᵀ + λ' I)^-1 Y_s,     λ' = λ · tr(H_s H_sᵀ) / n_s
 
 and the distilled images and labels are moved to minimise the regression error on a real
 batch, ``L = mean_t ½‖Y_t − ŷ_t‖²`` (squared error summed over classes, averaged over the
@@ -13,7 +13,7 @@ frozen for good: FRePo keeps a **pool** of ``num_models`` networks trained *onli
 distilled set*; each iteration it picks one at random, takes the meta-gradient through its
 features (the network's weights are constants for that step), then gives that network one
 training step on the (updated) distilled set — or re-initialises it once it is older than
-``max_online_updates`` steps (paper Alg. 1; the ages start staggered, ``i · max/num_models``
+``max_online_updates`` steps (the paper's algorithm; the ages start staggered, ``i · max/num_models``
 for member ``i``, so the pool always mixes young and old networks).
 
 Defaults and their sources (paper = NeurIPS 2022 text; code = the authors' JAX repository,
@@ -201,7 +201,7 @@ def make_frepo_network(cfg: FRePoConfig, channels: int, num_classes: int, image_
 
 # --------------------------------------------------------------------------- losses
 def frepo_krr_predict(h_support: Tensor, y_support: Tensor, h_target: Tensor, reg: float) -> Tensor:
-    """FRePo's feature-space KRR prediction (paper eq. 4, code ``nfr``).
+    """FRePo's feature-space KRR prediction (the paper's neural feature regression; code ``nfr``).
 
     ``ŷ_t = H_t H_sᵀ (H_s H_sᵀ + λ' I)^-1 Y_s`` with ``λ' = reg · tr(H_s H_sᵀ) / n_s``; equal
     by the push-through identity to ``H_t (H_sᵀH_s + λ' I_d)^-1 H_sᵀ Y_s``, the ridge-regression
