@@ -37,7 +37,7 @@ metadata (``extra["hyper"]``). Other defaults are the reference code's: 5000 ite
 real initialisation, ``batch_syn`` = the whole synthetic set, DSA
 ``color_crop_cutout_flip_scale_rotate``, the buffer's network (ConvNet-3).
 
-Choices and deviations (each a setting):
+Choices and deviations (``min_syn_lr`` is a setting; the others are fixed behaviour):
 
 * start epoch: drawn uniformly from 0..T+−1, as the reference code (NumPy ``randint``
   excludes the upper end); the paper writes t ≤ T+. ``max_start_epoch + expert_epochs − 1``
@@ -67,13 +67,13 @@ from ddkit.artifact import DistilledSet
 from ddkit.augment import DEFAULT_STRATEGY, DSA, DSAConfig
 from ddkit.data import ImageDataset
 from ddkit.distill.base import Checkpoint, Distiller, MethodConfig, initial_synthetic, iteration_generator, register
-from ddkit.distill.buffer import ExpertBuffer
+from ddkit.distill.buffer import ExpertBuffer, train_experts  # train_experts re-exported: stage 1 of MTT
 from ddkit.errors import ArtifactError, ConfigError
 from ddkit.models import get_model
 from ddkit.progress import LoopProgress
 
-__all__ = ["MTTConfig", "MTTDistiller", "PUBLISHED", "LR_IMG_NO_ZCA", "published_defaults",
-           "trajectory_matching_loss", "unroll_student"]
+__all__ = ["ExpertBuffer", "LR_IMG_NO_ZCA", "MTTConfig", "MTTDistiller", "PUBLISHED", "published_defaults",
+           "train_experts", "trajectory_matching_loss", "unroll_student"]
 
 # MTT's CIFAR-10 hyper-parameters by IPC (see the module docstring for the source)
 PUBLISHED: dict[int, dict[str, float]] = {
