@@ -92,7 +92,8 @@ def datasets(data_root: Annotated[Path | None, typer.Option(help="Folder searche
 def distill(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")],
     dataset: Annotated[str | None, typer.Option(help="Dataset name (see `ddkit datasets`).")] = None,
-    method: Annotated[str | None, typer.Option(help="random, herding, dm, dc, dsa, kip, spectral.")] = None,
+    method: Annotated[str | None, typer.Option(
+        help="random, herding, dm, dc, dsa, kip, frepo, mtt (needs --set buffer=DIR), cfm, spectral.")] = None,
     ipc: Annotated[int | None, typer.Option(help="Images per class.")] = None,
     iterations: Annotated[int | None, typer.Option(help="Override the method's iteration budget.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
