@@ -15,7 +15,9 @@ run cut short still leaves complete rows (the files are rewritten after every ce
 ``--curve DATASET:IPC`` adds the accuracy-versus-budget curve: each iterative method is
 distilled once up to the largest budget, with a checkpoint at each smaller budget (an
 unbroken run is exactly resumable, see ``ddkit.distill.base.iteration_generator``), and
-every snapshot is evaluated. Curve points use a fixed class-balanced subset of the test
+every snapshot is evaluated (FRePo on its paper's 500 000-step cosine horizon, so the
+snapshots are a prefix of the paper's run; CFM, whose budget is per IPC batch, is run
+afresh at each budget). Curve points use a fixed class-balanced subset of the test
 set (``--curve-test-per-class``) to keep them affordable; the table cells use the full
 test set.
 
@@ -269,6 +271,8 @@ def main() -> None:
             if method not in CURVE_BUDGETS:
                 continue
             extra, pre_wall, pre_cpu = prerequisites(method, name, train, args, prereq_cache)
+            if method == "frepo":  # snapshots of one run on the paper's cosine horizon (a prefix of it)
+                extra = {**extra, "lr_decay_steps": 500_000}
             with tempfile.TemporaryDirectory() as tmp:
                 ck = Path(tmp) / "ck.safetensors"
                 cpu_total, wall_total = 0.0, 0.0
