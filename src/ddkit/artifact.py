@@ -31,6 +31,18 @@ from ddkit.utils import atomic_path
 FORMAT = "ddkit.distilled-set/1"
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
+    """SHA-256 (hex) over named tensors (name, dtype, shape, bytes; in name order) and a
+    JSON string: the integrity check of ddkit's safetensors files (distilled sets, teachers)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(meta_json.encode())
+    return h.hexdigest()
+
+
 def _version() -> str:
     from ddkit import __version__
 
@@ -166,15 +178,7 @@ class DistilledSet:
         meta["mean"], meta["std"] = list(self.mean), list(self.std)
         return meta
 
-    @staticmethod
-    def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
-        h = hashlib.sha256()
-        for name in sorted(tensors):
-            t = tensors[name].contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        h.update(meta_json.encode())
-        return h.hexdigest()
+    _digest = staticmethod(tensor_digest)
 
     def save(self, path: str | Path) -> Path:
         """Write the set to ``path`` (``.safetensors``) atomically; return the path.

@@ -185,6 +185,29 @@ class Distiller(ABC):
         return ck
 
 
+def adam_state_tensors(opt: torch.optim.Adam, param: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+    """The Adam state of ``param`` as checkpoint tensors ``{prefix}_exp_avg``,
+    ``{prefix}_exp_avg_sq`` and ``{prefix}_step`` (float32 scalar); empty before the first step."""
+    st = opt.state.get(param, {})
+    if not st:
+        return {}
+    step = st["step"] if torch.is_tensor(st["step"]) else torch.tensor(float(st["step"]))
+    return {f"{prefix}_exp_avg": st["exp_avg"], f"{prefix}_exp_avg_sq": st["exp_avg_sq"],
+            f"{prefix}_step": step.detach().to(torch.float32).reshape(())}
+
+
+def restore_adam_state(opt: torch.optim.Adam, param: torch.Tensor, tensors: dict[str, torch.Tensor],
+                       prefix: str) -> None:
+    """Inverse of :func:`adam_state_tensors`: put the stored state of ``param`` back into
+    ``opt`` (on ``param``'s device); does nothing if ``tensors`` holds none."""
+    if f"{prefix}_exp_avg" not in tensors:
+        return
+    dev = param.device
+    opt.state[param] = {"step": tensors[f"{prefix}_step"].to(torch.float32).clone().reshape(()),
+                        "exp_avg": tensors[f"{prefix}_exp_avg"].to(dev).clone(),
+                        "exp_avg_sq": tensors[f"{prefix}_exp_avg_sq"].to(dev).clone()}
+
+
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
     """A CPU generator for one iteration, derived from (seed, iteration).
 

@@ -64,7 +64,6 @@ are stored: the protocol computes them on each augmented (CutMix) batch.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -78,9 +77,18 @@ import torch.nn.functional as F
 from pydantic import field_validator
 from torch import Tensor
 
-from ddkit.artifact import DistilledSet
+from ddkit.artifact import DistilledSet, _version, tensor_digest
 from ddkit.data import ImageDataset
-from ddkit.distill.base import Checkpoint, Distiller, MethodConfig, iteration_generator, register, sample_per_class
+from ddkit.distill.base import (
+    Checkpoint,
+    Distiller,
+    MethodConfig,
+    adam_state_tensors,
+    iteration_generator,
+    register,
+    restore_adam_state,
+    sample_per_class,
+)
 from ddkit.errors import ArtifactError, ConfigError, DDKitError, ModelError
 from ddkit.models import get_model
 from ddkit.progress import LoopProgress
@@ -97,22 +105,6 @@ ADAM_BETAS = (0.5, 0.9)  # synthesis optimiser (code)
 
 
 # ------------------------------------------------------------------------------ teacher
-def _version() -> str:
-    from ddkit import __version__
-
-    return __version__
-
-
-def _digest(tensors: dict[str, Tensor], meta_json: str) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update(meta_json.encode())
-    return h.hexdigest()
-
-
 @dataclass
 class Teacher:
     """A trained network that labels images (CFM's teacher; the soft-label protocol's).
@@ -196,7 +188,8 @@ class Teacher:
         tensors = self.state_dict()
         meta_json = json.dumps({**self.info, "format": TEACHER_FORMAT}, sort_keys=True)
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"ddkit_teacher": meta_json, "sha256": _digest(tensors, meta_json)})
+            save_file(tensors, str(tmp),
+                      metadata={"ddkit_teacher": meta_json, "sha256": tensor_digest(tensors, meta_json)})
         return Path(path)
 
 
@@ -232,7 +225,7 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> Teache
     if "ddkit_teacher" not in meta or "sha256" not in meta:
         raise ArtifactError(f"{str(p)!r} is a safetensors file but not a ddkit teacher")
     tensors = load_file(str(p))
-    if _digest(tensors, meta["ddkit_teacher"]) != meta["sha256"]:
+    if tensor_digest(tensors, meta["ddkit_teacher"]) != meta["sha256"]:
         raise ArtifactError(f"teacher {str(p)!r} failed its SHA-256 check: the file was modified or is corrupt")
     try:
         info = json.loads(meta["ddkit_teacher"])
@@ -599,15 +592,6 @@ class _SynthesisAug:
         return x
 
 
-def _adam_tensors(opt: torch.optim.Adam, p: Tensor) -> dict[str, Tensor]:
-    st = opt.state.get(p, {})
-    if not st:
-        return {}
-    step = st["step"] if torch.is_tensor(st["step"]) else torch.tensor(float(st["step"]))
-    return {"adam_exp_avg": st["exp_avg"], "adam_exp_avg_sq": st["exp_avg_sq"],
-            "adam_step": step.detach().float().reshape(())}
-
-
 def _stats_tensors(prefix: str, stats: list[tuple[Tensor, Tensor]] | None) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for i, (cov, mu) in enumerate(stats or []):
@@ -734,7 +718,7 @@ class CFMDistiller(Distiller):
                 tensors["done"] = torch.stack(done_batches)
             if cur is not None and opt is not None:
                 tensors["cur"] = cur.detach()
-                tensors.update(_adam_tensors(opt, cur))
+                tensors.update(adam_state_tensors(opt, cur, "adam"))
             Checkpoint(step, tensors, meta).save(checkpoint)
 
         if ck is None:
@@ -758,10 +742,7 @@ class CFMDistiller(Distiller):
                 if "cur" in cur_state and b == first_batch:
                     with torch.no_grad():
                         syn.copy_(cur_state["cur"].to(device))
-                    if "adam_exp_avg" in cur_state:
-                        opt.state[syn] = {"step": cur_state["adam_step"].float().clone().reshape(()),
-                                          "exp_avg": cur_state["adam_exp_avg"].to(device).clone(),
-                                          "exp_avg_sq": cur_state["adam_exp_avg_sq"].to(device).clone()}
+                    restore_adam_state(opt, syn, cur_state, "adam")
                     it0 = start - b * iters
                 last: list[tuple[Tensor, Tensor]] | None = None
                 for it in range(it0, iters):

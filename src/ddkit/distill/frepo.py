@@ -89,11 +89,13 @@ from ddkit.distill.base import (
     Checkpoint,
     Distiller,
     MethodConfig,
+    adam_state_tensors,
     initial_synthetic,
     iteration_generator,
     register,
+    restore_adam_state,
 )
-from ddkit.distill.kip import _adam_state_tensors, _restore_adam_state, centred_one_hot
+from ddkit.distill.kip import centred_one_hot
 from ddkit.errors import ConfigError, DDKitError, ModelError
 from ddkit.models import get_model
 from ddkit.progress import LoopProgress
@@ -327,14 +329,14 @@ class PoolMember:
     def state_tensors(self, prefix: str) -> dict[str, Tensor]:
         out = {f"{prefix}.net.{k}": v for k, v in self.net.state_dict().items()}
         for j, p in enumerate(self.net.parameters()):
-            out.update(_adam_state_tensors(self.opt, p, f"{prefix}.adam{j}"))
+            out.update(adam_state_tensors(self.opt, p, f"{prefix}.adam{j}"))
         return out
 
     def load_tensors(self, tensors: dict[str, Tensor], prefix: str, device: torch.device) -> None:
         sd = {k[len(prefix) + 5:]: v.to(device) for k, v in tensors.items() if k.startswith(f"{prefix}.net.")}
         self.net.load_state_dict(sd)
         for j, p in enumerate(self.net.parameters()):
-            _restore_adam_state(self.opt, p, tensors, f"{prefix}.adam{j}")
+            restore_adam_state(self.opt, p, tensors, f"{prefix}.adam{j}")
 
 
 def online_step(member: PoolMember, x_syn: Tensor, y_syn: Tensor, batch: int, generator: torch.Generator) -> float:
@@ -474,9 +476,9 @@ class FRePoDistiller(Distiller):
     @staticmethod
     def _save(path: Path, done: int, meta: dict[str, Any], cfg: FRePoConfig, syn: Tensor, y_syn: Tensor,
               opt: torch.optim.Optimizer, pool: list[PoolMember]) -> None:
-        tensors: dict[str, Tensor] = {"syn": syn, **_adam_state_tensors(opt, syn, "opt_syn")}
+        tensors: dict[str, Tensor] = {"syn": syn, **adam_state_tensors(opt, syn, "opt_syn")}
         if cfg.learn_labels:
-            tensors.update({"labels": y_syn, **_adam_state_tensors(opt, y_syn, "opt_labels")})
+            tensors.update({"labels": y_syn, **adam_state_tensors(opt, y_syn, "opt_labels")})
         tensors["pool_ages"] = torch.tensor([mem.age for mem in pool], dtype=torch.int64)
         for i, mem in enumerate(pool):
             tensors.update(mem.state_tensors(f"pool{i}"))
@@ -490,9 +492,9 @@ class FRePoDistiller(Distiller):
             syn.copy_(t["syn"].to(device))
             if cfg.learn_labels:
                 y_syn.copy_(t["labels"].to(device))
-        _restore_adam_state(opt, syn, t, "opt_syn")
+        restore_adam_state(opt, syn, t, "opt_syn")
         if cfg.learn_labels:
-            _restore_adam_state(opt, y_syn, t, "opt_labels")
+            restore_adam_state(opt, y_syn, t, "opt_labels")
         ages = t["pool_ages"].tolist()
         for i, mem in enumerate(pool):
             mem.load_tensors(t, f"pool{i}", device)

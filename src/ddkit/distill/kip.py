@@ -62,9 +62,11 @@ from ddkit.distill.base import (
     Checkpoint,
     Distiller,
     MethodConfig,
+    adam_state_tensors,
     initial_synthetic,
     iteration_generator,
     register,
+    restore_adam_state,
     sample_per_class,
 )
 from ddkit.errors import ConfigError
@@ -230,24 +232,6 @@ def ntk_kernel(nets, x_support: Tensor, x_target: Tensor) -> tuple[Tensor, Tenso
     return k_ss / m, k_ts / m
 
 
-def _adam_state_tensors(opt: torch.optim.Adam, param: Tensor, prefix: str) -> dict[str, Tensor]:
-    st = opt.state.get(param, {})
-    if not st:
-        return {}
-    step = st["step"] if torch.is_tensor(st["step"]) else torch.tensor(float(st["step"]))
-    return {f"{prefix}_exp_avg": st["exp_avg"], f"{prefix}_exp_avg_sq": st["exp_avg_sq"],
-            f"{prefix}_step": step.detach().to(torch.float32).reshape(())}
-
-
-def _restore_adam_state(opt: torch.optim.Adam, param: Tensor, tensors: dict[str, Tensor], prefix: str) -> None:
-    if f"{prefix}_exp_avg" not in tensors:
-        return
-    dev = param.device
-    opt.state[param] = {"step": tensors[f"{prefix}_step"].to(torch.float32).clone().reshape(()),
-                        "exp_avg": tensors[f"{prefix}_exp_avg"].to(dev).clone(),
-                        "exp_avg_sq": tensors[f"{prefix}_exp_avg_sq"].to(dev).clone()}
-
-
 @register
 class KIPDistiller(Distiller):
     """Kernel Inducing Points (KIP). See the module docstring for the algorithm and kernels.
@@ -293,9 +277,9 @@ class KIPDistiller(Distiller):
                 syn.copy_(ck.tensors["syn"].to(device))
                 if cfg.learn_labels:
                     y_syn.copy_(ck.tensors["labels"].to(device))
-            _restore_adam_state(opt, syn, ck.tensors, "adam_syn")
+            restore_adam_state(opt, syn, ck.tensors, "adam_syn")
             if cfg.learn_labels:
-                _restore_adam_state(opt, y_syn, ck.tensors, "adam_labels")
+                restore_adam_state(opt, y_syn, ck.tensors, "adam_labels")
             start = ck.iteration
         per_class = max(1, cfg.batch_real // k)
         t0 = time.perf_counter()
@@ -324,9 +308,9 @@ class KIPDistiller(Distiller):
                 bar.update(loss_val)
                 done = it + 1
                 if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-                    tensors = {"syn": syn, **_adam_state_tensors(opt, syn, "adam_syn")}
+                    tensors = {"syn": syn, **adam_state_tensors(opt, syn, "adam_syn")}
                     if cfg.learn_labels:
-                        tensors.update({"labels": y_syn, **_adam_state_tensors(opt, y_syn, "adam_labels")})
+                        tensors.update({"labels": y_syn, **adam_state_tensors(opt, y_syn, "adam_labels")})
                     Checkpoint(done, tensors, meta).save(checkpoint)
         seconds = time.perf_counter() - t0
         images = real.denormalize(syn.detach()).cpu()
