@@ -375,3 +375,32 @@ def test_spectral_bad_config_raises_config_error(digits, bad):
     real, _ = digits
     with pytest.raises(ConfigError):
         ddkit.distill(real, "spectral", 1, iterations=1, config=bad, device="cpu", progress=False)
+
+
+def test_krr_methods_are_the_inverse_filter_on_the_ffc():
+    """KIP's loss, FRePo's prediction and CFM's HFM are UniDD's (λ+β)^-1 filter: on fixed
+    linear features each equals the expression built from ``apply(inverse(β), H_sᵀH_s)``."""
+    from ddkit.distill.cfm import filtered, make_filter
+    from ddkit.distill.frepo import frepo_krr_predict
+    from ddkit.distill.kip import kip_loss
+    from ddkit.spectral import apply, get_filter
+
+    g = torch.Generator().manual_seed(3)
+    hs = torch.randn(12, 6, generator=g, dtype=torch.float64)
+    ht = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    ys = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    yt = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    reg = 0.05
+    beta = reg * float(torch.trace(hs @ hs.T)) / 12  # both methods scale the ridge by tr(K_ss)/n_s
+    inv_ffc = apply(get_filter("inverse", beta=beta), hs.T @ hs)  # f(H_sᵀH_s) = (H_sᵀH_s + βI)^-1
+    pred = ht @ inv_ffc @ (hs.T @ ys)  # f(FFC_s) · FLC_s, read out by the real features
+    torch.testing.assert_close(frepo_krr_predict(hs, ys, ht, reg), pred, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(kip_loss(ht @ hs.T, hs @ hs.T, ys, yt, reg), 0.5 * ((yt - pred) ** 2).mean(),
+                               rtol=1e-8, atol=1e-10)
+    # CFM's high-frequency matching filter is the same object, applied to a covariance
+    cov = hs.T @ hs / 12
+    mu = hs.mean(0)
+    f_cov, f_mu = filtered(make_filter("hfm", 0.1), cov, mu)
+    direct = torch.linalg.inv(cov + 0.1 * torch.eye(6, dtype=torch.float64))
+    torch.testing.assert_close(f_cov, direct, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(f_mu, direct @ mu, rtol=1e-6, atol=1e-8)
