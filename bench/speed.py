@@ -223,6 +223,15 @@ def main() -> None:
 
 
 def write(out: Path, rows: list[dict], args, started: float) -> None:
+    """Write speed.json/.md; rows of methods not timed in this run are kept from the file
+    (each row records its own threads/repeats)."""
+    for row in rows:
+        row.setdefault("threads", args.threads)
+        row.setdefault("repeats", args.repeats)
+    js = out.with_suffix(".json")
+    if js.exists() and not args.render:
+        kept = [r for r in json.loads(js.read_text())["rows"] if r["method"] not in {x["method"] for x in rows}]
+        rows = kept + rows
     info = {"machine": machine(), "threads": args.threads, "repeats": args.repeats, "ipc": IPC,
             "dataset": "fashion-mnist", "wall_seconds": round(time.time() - started, 1), "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
