@@ -174,11 +174,13 @@ def main() -> None:
                     "bf16 hardware: 263 s vs 13 s per iteration measured on this project's AMD EPYC)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"))
     ap.add_argument("--render", action="store_true", help="only rewrite speed.md from speed.json")
+    ap.add_argument("--note", default="", help="a sentence about the run's conditions, printed in speed.md")
     args = ap.parse_args()
     out = Path(args.out)
     if args.render:
         info = json.loads(out.with_suffix(".json").read_text())
         args.threads, args.repeats = info["threads"], info["repeats"]
+        args.note = args.note or info.get("note", "")
         write(out, info["rows"], args, time.time() - info["wall_seconds"])
         return
     torch.set_num_threads(args.threads)
@@ -232,7 +234,7 @@ def write(out: Path, rows: list[dict], args, started: float) -> None:
     if js.exists() and not args.render:
         kept = [r for r in json.loads(js.read_text())["rows"] if r["method"] not in {x["method"] for x in rows}]
         rows = kept + rows
-    info = {"machine": machine(), "threads": args.threads, "repeats": args.repeats, "ipc": IPC,
+    info = {"note": args.note, "machine": machine(), "threads": args.threads, "repeats": args.repeats, "ipc": IPC,
             "dataset": "fashion-mnist", "wall_seconds": round(time.time() - started, 1), "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
@@ -255,7 +257,7 @@ def write(out: Path, rows: list[dict], args, started: float) -> None:
                 ratio = f"(variant: {row['median']['ddkit'] / row['median'][form]:.2f}× ddkit speed)"
             lines.append(f"| {row['method']} | {form} | {row['median'][form]:.2f} | "
                          f"{', '.join(f'{v:.2f}' for v in vals)} | {ratio} |")
-    lines += ["", f"Wall time of the whole run: {info['wall_seconds']:.0f} s. "
+    lines += ["", args.note, "", f"Wall time of the last run: {info['wall_seconds']:.0f} s. "
               "Methods without a per-class objective (KIP, FRePo, MTT, CFM) have no per-class form to compare; "
               "their row is ddkit's time only. MTT's buffer and CFM's teacher are built (small) before timing "
               "and not counted. A CFM iteration is one Adam step on one batch (one image per class; the paper runs "
