@@ -124,7 +124,7 @@ def prerequisites(method: str, name: str, train, args, cache: dict) -> tuple[dic
                           train_subset=args.mtt_train_subset, seed=args.seed, progress=False)
         # the start epoch plus MTT's 2 expert epochs must stay inside the (short) buffer
         cache[key] = ({"buffer": str(path), "max_start_epoch": max(1, args.mtt_epochs - 1)}, *_build_time(path, c))
-    elif method == "cfm":
+    elif method in ("cfm", "random-soft"):
         from ddkit.distill.cfm import train_teacher
 
         path = CACHE / f"{name}-teacher-e{args.cfm_teacher_epochs}-s{args.cfm_teacher_subset}.safetensors"
@@ -237,6 +237,8 @@ def main() -> None:
                                                         "feature_epochs": args.herding_feature_epochs})
                             herding_sets[name] = (big, 0.0, 0.0)
                         ds = prefix(herding_sets[name][0], ipc)
+                    elif method == "random-soft":  # CFM's like-for-like baseline: random images, same teacher
+                        ds = ddkit.distill(train, "random", ipc, seed=args.seed, progress=False)
                     else:
                         it = {"iterations": budget[method]} if method in budget else {}
                         ds = ddkit.distill(train, method, ipc, seed=args.seed, progress=False, config=extra, **it)
@@ -246,8 +248,9 @@ def main() -> None:
                     dwall, dcpu = herding_sets[name][1], herding_sets[name][2]
                 else:
                     dwall, dcpu = c.wall, c.cpu
+                soft = {"protocol": "soft", "teacher": extra["teacher"]} if method == "random-soft" else {}
                 res = ddkit.evaluate(ds, runs=args.runs, epochs=args.eval_epochs, augment=True, seed=args.seed,
-                                     test=test)
+                                     test=test, **soft)
                 pub, src = published(method, name, ipc)
                 cell = {"method": method, "dataset": name, "ipc": ipc, "mean": res.mean, "std": res.std,
                         "accuracies": res.accuracies, "published": pub, "published_source": src,
@@ -314,7 +317,8 @@ def markdown(r: dict) -> str:
         "| eval | distil s (CPU s) | prereq s | eval s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = {m: i for i, m in enumerate(["random", "herding", "dm", "dc", "dsa", "kip", "frepo", "mtt", "cfm"])}
+    order = {m: i for i, m in enumerate(["random", "herding", "dm", "dc", "dsa", "kip", "frepo", "mtt", "random-soft",
+                                         "cfm"])}
     cells = sorted(r["cells"], key=lambda c: ({10: 0, 1: 1, 50: 2}.get(c["ipc"], 3), c["dataset"],
                                               order.get(c["method"], 99)))
     for c in cells:
@@ -351,7 +355,9 @@ def markdown(r: dict) -> str:
         lines += ["", efficiency(r)]
     lines += ["", "Published: ../shared/papers/reference-numbers.md ([v] seen in the paper, [r] as re-printed in "
               "later papers). KIP's published numbers use a width-1024 ConvNet without normalisation and ZCA; "
-              "FRePo's learned labels with MSE; CFM reports no MNIST-family numbers."]
+              "FRePo's learned labels with MSE; CFM reports no MNIST-family numbers. `random-soft`: the random "
+              "real subset evaluated under CFM's soft-label protocol with CFM's teacher, CFM's like-for-like "
+              "baseline."]
     return "\n".join(lines) + "\n"
 
 
@@ -361,7 +367,7 @@ def efficiency(r: dict) -> str:
     base = next((c["mean"] for c in cells if c["method"] == "random"), None)
     scored = []
     for c in cells:
-        if c["method"] == "random" or base is None or "distill_cpu_seconds" not in c:
+        if c["method"] in ("random", "random-soft") or base is None or "distill_cpu_seconds" not in c:
             continue
         minutes = (c["distill_cpu_seconds"] + c.get("prereq_cpu_seconds", 0)) / 60
         if minutes > 0:
