@@ -49,19 +49,26 @@ PER_CLASS = ("dm", "dc", "dsa")
 
 
 # ----------------------------------------------------------------------------- naive forms
+def class_batches(real_x, by_class, syn, c, ipc, dsa, g, batch_real):
+    """Class c's real batch and synthetic images, with one DSA draw for both (reference form:
+    one augmentation call per class and branch)."""
+    idx = by_class[c][torch.randperm(by_class[c].numel(), generator=g)[:batch_real]]
+    r = real_x[idx.to(real_x.device)]
+    s = syn[c * ipc:(c + 1) * ipc]
+    if dsa is not None:
+        d = dsa.draw(1, g)
+        r = dsa.apply(r, d, torch.zeros(r.shape[0], dtype=torch.long))
+        s = dsa.apply(s, d, torch.zeros(s.shape[0], dtype=torch.long))
+    return r, s
+
+
 def naive_dm_iteration(real_x, by_class, syn, opt, k, dsa, g, model="convnet", batch_real=256):
     """One DM iteration written class by class, as the reference code does."""
     net = get_model(model, real_x.shape[1], k, real_x.shape[-1]).to(real_x.device)
     loss = syn.new_zeros(())
     ipc = syn.shape[0] // k
     for c in range(k):
-        idx = by_class[c][torch.randperm(by_class[c].numel(), generator=g)[:batch_real]]
-        r = real_x[idx.to(real_x.device)]
-        s = syn[c * ipc:(c + 1) * ipc]
-        if dsa is not None:
-            d = dsa.draw(1, g)
-            r = dsa.apply(r, d, torch.zeros(r.shape[0], dtype=torch.long))
-            s = dsa.apply(s, d, torch.zeros(s.shape[0], dtype=torch.long))
+        r, s = class_batches(real_x, by_class, syn, c, ipc, dsa, g, batch_real)
         out_real = net.embed(r).detach()
         out_syn = net.embed(s)
         loss = loss + ((out_real.mean(0) - out_syn.mean(0)) ** 2).sum()
@@ -82,13 +89,7 @@ def naive_dc_iteration(real_x, by_class, syn, opt, k, dsa, g, model="convnet", b
     for ol in range(outer):
         loss = syn.new_zeros(())
         for c in range(k):
-            idx = by_class[c][torch.randperm(by_class[c].numel(), generator=g)[:batch_real]]
-            r = real_x[idx.to(real_x.device)]
-            s = syn[c * ipc:(c + 1) * ipc]
-            if dsa is not None:
-                d = dsa.draw(1, g)
-                r = dsa.apply(r, d, torch.zeros(r.shape[0], dtype=torch.long))
-                s = dsa.apply(s, d, torch.zeros(s.shape[0], dtype=torch.long))
+            r, s = class_batches(real_x, by_class, syn, c, ipc, dsa, g, batch_real)
             yr = torch.full((r.shape[0],), c, device=r.device)
             gw_real = [t.detach().clone() for t in torch.autograd.grad(F.cross_entropy(net(r), yr), params)]
             ys = torch.full((s.shape[0],), c, device=s.device)

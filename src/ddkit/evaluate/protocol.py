@@ -66,6 +66,16 @@ class EvalResult:
             tmp.write_text(self.to_json())
 
 
+def _test_split(ds: DistilledSet, test: ImageDataset | None, data_root: str | Path | None) -> ImageDataset:
+    """The real test split for ``ds`` (given, or loaded by the set's dataset name), checked
+    to have the set's image shape (ConfigError otherwise)."""
+    test = test if test is not None else load_dataset(ds.dataset, "test", data_root=data_root)
+    if test.images.shape[1:] != ds.images.shape[1:]:
+        raise ConfigError(f"distilled images {tuple(ds.images.shape[1:])} do not match test images "
+                          f"{tuple(test.images.shape[1:])} of {test.name}")
+    return test
+
+
 def evaluate(
     distilled: DistilledSet | str | Path,
     *,
@@ -125,10 +135,7 @@ def evaluate(
     if epochs < 1:
         raise ConfigError(f"epochs must be ≥ 1, got {epochs}")
     dev = resolve_device(device)
-    test = test if test is not None else load_dataset(ds.dataset, "test", data_root=data_root)
-    if test.images.shape[1:] != ds.images.shape[1:]:
-        raise ConfigError(f"distilled images {tuple(ds.images.shape[1:])} do not match test images "
-                          f"{tuple(test.images.shape[1:])} of {test.name}")
+    test = _test_split(ds, test, data_root)
     size = ds.images.shape[-1]
     x = ds.normalized_images().to(dev)
     y = ds.labels.to(dev)
@@ -177,10 +184,7 @@ def _evaluate_soft(ds: DistilledSet, teacher: Any, *, model: str, runs: int, epo
     if epochs is not None and epochs < 1:
         raise ConfigError(f"epochs must be ≥ 1, got {epochs}")
     dev = resolve_device(device)
-    test = test if test is not None else load_dataset(ds.dataset, "test", data_root=data_root)
-    if test.images.shape[1:] != ds.images.shape[1:]:
-        raise ConfigError(f"distilled images {tuple(ds.images.shape[1:])} do not match test images "
-                          f"{tuple(test.images.shape[1:])} of {test.name}")
+    test = _test_split(ds, test, data_root)
     t0 = time.perf_counter()
     accs, protocol, settings = run_soft_protocol(ds, teacher, test, model=model, runs=runs, epochs=epochs,
                                                  augment=augment, device=dev, seed=seed, batch_size=batch_size,
