@@ -70,7 +70,8 @@ PUBLISHED = {
 }
 IPC_COL = {1: 0, 10: 1, 50: 2}
 # the papers' iteration budgets (what our reduced budgets are measured against)
-PAPER_ITERATIONS = {"dm": 20_000, "dc": 1000, "dsa": 1000, "kip": 1000, "frepo": None, "mtt": 5000, "cfm": 1000}
+PAPER_ITERATIONS = {"dm": 20_000, "dc": 1000, "dsa": 1000, "kip": 1000, "frepo": 500_000, "mtt": 5000,
+                    "cfm": 1000}  # cfm: Adam steps per IPC batch
 # default reduced budgets for this 2-core CPU (cfm: iterations per IPC batch)
 DEFAULT_BUDGET = {"dm": 10, "dc": 2, "dsa": 2, "kip": 20, "frepo": 20, "mtt": 5, "cfm": 20}
 CURVE_BUDGETS = {"dm": [5, 10, 20, 40], "dsa": [1, 2, 3, 4], "dc": [1, 2, 3, 4], "kip": [5, 10, 20, 40],
@@ -177,7 +178,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--render", action="store_true", help="only rewrite accuracy.md from accuracy.json")
     args = ap.parse_args()
+    if args.render:
+        (args.out / "accuracy.md").write_text(markdown(json.loads((args.out / "accuracy.json").read_text())))
+        return
     torch.set_num_threads(args.threads)
     budget = dict(DEFAULT_BUDGET)
     for item in args.budget:
@@ -327,7 +332,7 @@ def markdown(r: dict) -> str:
             gap = f"{100 * c['mean'] - float(pub.split('±')[0]):+.1f}"
             pub = f"{pub} [{c['published_source']}]"
         it = "—" if c.get("iterations") is None else str(c["iterations"])
-        paper = c.get("paper_iterations", PAPER_ITERATIONS.get(c["method"]))
+        paper = c.get("paper_iterations") or PAPER_ITERATIONS.get(c["method"])
         if c.get("iterations") is not None:
             it += f" ({paper if paper else '?'})"
         cpu = f" ({c['distill_cpu_seconds']:.0f})" if "distill_cpu_seconds" in c else ""
