@@ -210,10 +210,10 @@ def main() -> None:
             cur = json.loads(path.read_text()) if path.exists() else report
             for key in ("cells", "curve", "runs_log"):
                 cur.setdefault(key, [])
-            if log_entry not in cur["runs_log"]:
-                cur["runs_log"] = [e for e in cur["runs_log"] if e["date"] != log_entry["date"]
-                                   or e["command"] != log_entry["command"]] + [log_entry]
             log_entry["seconds"] = round(time.perf_counter() - t_all, 1)
+            # this run's entry replaces its earlier copy (same date and command)
+            cur["runs_log"] = [e for e in cur["runs_log"] if (e.get("date"), e.get("command"))
+                               != (log_entry["date"], log_entry["command"])] + [log_entry]
             if cell is not None:
                 keys = ("dataset", "method", "ipc", "iterations")
                 cur[where] = [c for c in cur[where] if any(c.get(k) != cell.get(k) for k in keys)] + [cell]
