@@ -123,6 +123,10 @@ def test_dc_uses_the_ipc_loops_and_batched_flag(digits):
     with pytest.raises(ConfigError):
         ddkit.distill(real, "dc", 1, iterations=1, config={**TINY, "model": "convnetbn"}, device="cpu",
                       progress=False)
+    for bad, word in [({"init": "zeros"}, "init"), ({"outer_loop": -1}, "outer_loop"), ({"lr_net": 0}, "lr_net"),
+                      ({"batch_train": 0}, "batch_train"), ({"batch_real": 0}, "batch_real")]:
+        with pytest.raises(ConfigError, match=word):
+            ddkit.distill(real, "dsa", 1, iterations=1, config={**TINY, **bad}, device="cpu", progress=False)
 
 
 @pytest.mark.parametrize("method", ["dc", "dsa"])

@@ -69,12 +69,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import field_validator
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor
 
 from ddkit.artifact import DistilledSet, _version, tensor_digest
@@ -503,73 +503,24 @@ def emu_update(prev: list[tuple[Tensor, Tensor]] | None, cur: list[tuple[Tensor,
 class CFMConfig(MethodConfig):
     """CFM settings; defaults from the UniDD code (see the module docstring)."""
 
-    iterations: int = 1000  # Adam steps per batch (one image per class)
-    lr: float | None = None  # None: 0.25 for images ≤ 32 px (CIFAR), 0.1 above (Tiny/ImageNet)
-    eta: float = 0.1
-    filter: str = "hfm"  # "hfm" (Σ+βI)^-1 or "lfm" Σ
-    beta: float = 0.1  # β0
-    schedule: str = "cosine"  # "cosine", "linear" or "fixed"
+    iterations: NonNegativeInt = 1000  # Adam steps per batch (one image per class)
+    lr: PositiveFloat | None = None  # None: 0.25 for images ≤ 32 px (CIFAR), 0.1 above (Tiny/ImageNet)
+    eta: NonNegativeFloat = 0.1
+    filter: Literal["hfm", "lfm"] = "hfm"  # "hfm" (Σ+βI)^-1 or "lfm" Σ
+    beta: PositiveFloat = 0.1  # β0
+    schedule: Literal["cosine", "linear", "fixed"] = "cosine"
     emu: bool = True
-    emu_stats: str = "last_step"  # "last_step" (code) or "final" (deviation)
+    emu_stats: Literal["last_step", "final"] = "last_step"  # "final": deviation
     flip: bool = True
-    jitter: int = 4
+    jitter: NonNegativeInt = 4
     teacher: str | None = None  # path of a saved teacher (or a CFM set) to use instead of training one
     teacher_model: str = "convnet"
-    teacher_epochs: int = 200
-    teacher_subset: int | None = None  # deviation: images per class for the teacher (None = all)
+    teacher_epochs: NonNegativeInt = 200
+    teacher_subset: PositiveInt | None = None  # deviation: images per class for the teacher (None = all)
     measure_teacher: bool = True  # test accuracy of a freshly trained teacher, if the test split loads
-    real_batch: int = 128
-    stats_images: int | None = None  # deviation: real images for the statistics (None = all)
-    checkpoint_every: int = 100  # steps within a batch; finished batches are always checkpointed
-
-    @field_validator("filter")
-    @classmethod
-    def _filter(cls, v: str) -> str:
-        if v not in ("hfm", "lfm"):
-            raise ValueError(f"filter must be 'hfm' or 'lfm', got {v!r}")
-        return v
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v: str) -> str:
-        if v not in ("cosine", "linear", "fixed"):
-            raise ValueError(f"schedule must be cosine, linear or fixed, got {v!r}")
-        return v
-
-    @field_validator("emu_stats")
-    @classmethod
-    def _emu_stats(cls, v: str) -> str:
-        if v not in ("last_step", "final"):
-            raise ValueError(f"emu_stats must be 'last_step' or 'final', got {v!r}")
-        return v
-
-    @field_validator("lr", "beta")
-    @classmethod
-    def _positive(cls, v: float | None) -> float | None:
-        if v is not None and not v > 0:
-            raise ValueError(f"must be > 0, got {v}")
-        return v
-
-    @field_validator("iterations", "teacher_epochs", "jitter", "checkpoint_every")
-    @classmethod
-    def _non_negative(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"must be ≥ 0, got {v}")
-        return v
-
-    @field_validator("eta")
-    @classmethod
-    def _eta(cls, v: float) -> float:
-        if not v >= 0:
-            raise ValueError(f"must be ≥ 0, got {v}")
-        return v
-
-    @field_validator("real_batch", "teacher_subset", "stats_images")
-    @classmethod
-    def _at_least_one(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"must be ≥ 1 (or unset), got {v}")
-        return v
+    real_batch: PositiveInt = 128
+    stats_images: PositiveInt | None = None  # deviation: real images for the statistics (None = all)
+    checkpoint_every: NonNegativeInt = 100  # steps within a batch; finished batches are always checkpointed
 
 
 class _SynthesisAug:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
-from pydantic import field_validator
 
 from ddkit.artifact import DistilledSet
 from ddkit.augment import DSA, DSAConfig
@@ -43,17 +43,10 @@ class FeatureMatchingConfig(MethodConfig):
     lr_img: float = 1.0
     momentum: float = 0.5
     model: str = "convnet"
-    init: str = "real"  # "real" or "noise"
+    init: Literal["real", "noise"] = "real"
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     checkpoint_every: int = 500
-
-    @field_validator("init")
-    @classmethod
-    def _known_init(cls, v: str) -> str:
-        if v not in ("real", "noise"):
-            raise ValueError(f"init must be 'real' or 'noise', got {v!r}")
-        return v
 
 
 def run_feature_matching(distiller: Distiller, real: ImageDataset, ipc: int, loss_fn: MatchingLoss, *,

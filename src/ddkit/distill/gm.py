@@ -95,19 +95,20 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from ddkit.artifact import DistilledSet
-from ddkit.augment import DEFAULT_STRATEGY, DSA, DSAConfig
+from ddkit.augment import DSA, DSAConfig
 from ddkit.data import ImageDataset
 from ddkit.distill.base import (
     Checkpoint,
     Distiller,
-    MethodConfig,
     initial_synthetic,
     iteration_generator,
     register,
     sample_per_class,
 )
+from ddkit.distill.feature_matching import FeatureMatchingConfig
 from ddkit.errors import ConfigError
 from ddkit.models import get_model
 from ddkit.progress import LoopProgress
@@ -286,24 +287,21 @@ def match_step_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, batch
     return gradient_distance(g_syn, g_real, lead=1)
 
 
-class GMConfig(MethodConfig):
+class GMConfig(FeatureMatchingConfig):
     """Gradient-matching settings; defaults are DC's (Zhao et al. 2021, Sec. 4 and code).
 
-    ``outer_loop`` / ``inner_loop`` = 0 take :func:`default_loops` of the IPC.
+    Shares ``batch_real``, ``momentum``, ``model``, ``init`` and ``dsa_strategy`` with
+    the feature-matching methods. ``outer_loop`` / ``inner_loop`` = 0 take
+    :func:`default_loops` of the IPC.
     """
 
     iterations: int = 1000
-    batch_real: int = 256
     lr_img: float = 0.1
-    momentum: float = 0.5
-    lr_net: float = 0.01
-    batch_train: int = 256
-    outer_loop: int = 0
-    inner_loop: int = 0
-    model: str = "convnet"
-    init: str = "real"  # "real" or "noise"
+    lr_net: PositiveFloat = 0.01
+    batch_train: PositiveInt = 256
+    outer_loop: NonNegativeInt = 0
+    inner_loop: NonNegativeInt = 0
     dsa: bool = False
-    dsa_strategy: str = DEFAULT_STRATEGY
     batched: bool = False
     checkpoint_every: int = 50
 
@@ -329,10 +327,8 @@ class DCDistiller(Distiller):
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules()):
             raise ConfigError(f"{self.name} needs per-sample normalisation for per-class gradients; "
                               f"model {cfg.model!r} contains batch norm and is not supported")
-        if cfg.init not in ("real", "noise"):
-            raise ConfigError(f"{self.name} init must be 'real' or 'noise', got {cfg.init!r}")
-        if cfg.outer_loop < 0 or cfg.inner_loop < 0 or cfg.batch_real < 1 or cfg.batch_train < 1:
-            raise ConfigError(f"{self.name}: outer_loop/inner_loop must be ≥ 0 and batch sizes ≥ 1")
+        if cfg.batch_real < 1:
+            raise ConfigError(f"{self.name}: batch_real must be ≥ 1, got {cfg.batch_real}")
         d_outer, d_inner = default_loops(ipc)
         outer = cfg.outer_loop or d_outer
         inner = cfg.inner_loop or d_inner

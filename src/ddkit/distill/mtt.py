@@ -56,10 +56,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -102,19 +103,19 @@ class MTTConfig(MethodConfig):
 
     buffer: str = Field("", validate_default=True)  # expert-trajectory folder (required)
     iterations: int = 5000
-    syn_steps: int | None = None  # N
-    expert_epochs: int | None = None  # M
-    max_start_epoch: int | None = None  # T+
-    lr_img: float | None = None
-    lr_lr: float | None = None
-    lr_teacher: float | None = None  # initial learnable step size α
-    momentum: float = 0.5  # of both SGD optimisers (images and α), as in the MTT code
-    batch_syn: int | None = None  # None: the whole synthetic set each step
+    syn_steps: PositiveInt | None = None  # N
+    expert_epochs: PositiveInt | None = None  # M
+    max_start_epoch: PositiveInt | None = None  # T+
+    lr_img: PositiveFloat | None = None
+    lr_lr: NonNegativeFloat | None = None
+    lr_teacher: PositiveFloat | None = None  # initial learnable step size α
+    momentum: NonNegativeFloat = 0.5  # of both SGD optimisers (images and α), as in the MTT code
+    batch_syn: PositiveInt | None = None  # None: the whole synthetic set each step
     model: str | None = None  # None: the buffer's network
-    init: str = "real"  # "real" or "noise"
+    init: Literal["real", "noise"] = "real"
     dsa: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY
-    min_syn_lr: float = 1e-6
+    min_syn_lr: NonNegativeFloat = 1e-6
     checkpoint_every: int = 100
 
     @field_validator("buffer")
@@ -127,34 +128,6 @@ class MTTConfig(MethodConfig):
             raise ValueError(f"{v!r} is not an expert buffer (no readable manifest.json); "
                              f"build one with `ddkit buffer DATASET --out {v}`")
         return str(v)
-
-    @field_validator("init")
-    @classmethod
-    def _known_init(cls, v: str) -> str:
-        if v not in ("real", "noise"):
-            raise ValueError(f"init must be 'real' or 'noise', got {v!r}")
-        return v
-
-    @field_validator("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn")
-    @classmethod
-    def _positive_int(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"must be ≥ 1, got {v}")
-        return v
-
-    @field_validator("lr_img", "lr_teacher")
-    @classmethod
-    def _positive(cls, v: float | None) -> float | None:
-        if v is not None and not v > 0:
-            raise ValueError(f"must be > 0, got {v}")
-        return v
-
-    @field_validator("lr_lr", "min_syn_lr", "momentum")
-    @classmethod
-    def _non_negative(cls, v: float | None) -> float | None:
-        if v is not None and not v >= 0:
-            raise ValueError(f"must be ≥ 0, got {v}")
-        return v
 
     def resolved(self, ipc: int) -> dict[str, float]:
         """The hyper-parameters in force at ``ipc``: set fields, else :func:`published_defaults`."""
