@@ -74,6 +74,12 @@ PAPER_ITERATIONS = {"dm": 20_000, "dc": 1000, "dsa": 1000, "kip": 1000, "frepo":
                     "cfm": 1000}  # cfm: Adam steps per IPC batch
 # default reduced budgets for this 2-core CPU (cfm: iterations per IPC batch)
 DEFAULT_BUDGET = {"dm": 10, "dc": 2, "dsa": 2, "kip": 20, "frepo": 20, "mtt": 5, "cfm": 20}
+# why table cells are missing (printed under the table beside the list of missing cells)
+NOT_RUN = ("Gradient matching at IPC 50 runs (outer, inner) = (50, 10) loops per iteration: 50 matching steps "
+           "(10 classes × 256 real images through a forward and a double backward) and 500 inner epochs over 500 "
+           "synthetic images; at IPC 10 (10, 50) one iteration already took 7-35 min on this machine, so one IPC-50 "
+           "iteration would take hours of CPU time. Run with `bench/accuracy.py --methods dc dsa --ipcs 50` on a "
+           "faster machine (results accumulate).")
 CURVE_BUDGETS = {"dm": [5, 10, 20, 40], "dsa": [1, 2, 3, 4], "dc": [1, 2, 3, 4], "kip": [5, 10, 20, 40],
                  "frepo": [5, 10, 20, 40], "mtt": [1, 2, 4, 8], "cfm": [5, 10, 20, 40]}
 
@@ -343,6 +349,10 @@ def markdown(r: dict) -> str:
                      f"| {pub or '—'} | {gap} | {it} | {proto} | {c['runs']}×{c['eval_epochs']} ep "
                      f"| {c['distill_seconds']:.0f}{cpu} | {c.get('prereq_seconds', 0):.0f} "
                      f"| {c['eval_seconds']:.0f} |")
+    missing = [f"{m} {d} IPC {i}" for d in sorted({c["dataset"] for c in r["cells"]}) for i in (1, 10, 50)
+               for m in order if not any((c["method"], c["dataset"], c["ipc"]) == (m, d, i) for c in r["cells"])]
+    if missing:
+        lines += ["", f"**Not measured** ({len(missing)} cells): {'; '.join(missing)}. " + NOT_RUN]
     if r.get("curve"):
         pts = sorted(r["curve"], key=lambda p: (p["dataset"], p["ipc"], order.get(p["method"], 99), p["iterations"]))
         p0 = pts[0]

@@ -10,8 +10,10 @@ augmentation call and one forward pass per class, the real branch built on the a
 tape and detached afterwards, and network parameters that keep ``requires_grad`` (so every
 backward also fills their ``.grad``). The ratio naive / ddkit is reported per method.
 
-DM is also timed with opt-in variants (channels-last memory format; with ``--bf16``, bf16
-autocast on the CPU) so the table shows whether they pay off on this machine.
+DM is also timed with opt-in variants (``compile=True``, i.e. ψ through ``torch.compile``,
+through the API, its first, compiling iteration reported apart; channels-last memory format;
+with ``--bf16``, bf16 autocast on the CPU) so the table shows whether they pay off on this
+machine.
 
 The shared machines are noisy: the table reports the median over ``--repeats`` rounds
 and the individual timings, and the ratio is of medians measured side by side.
@@ -138,6 +140,14 @@ def time_api(real, method, n, seed, config):
     return ds.extra["seconds"] / max(1, ds.extra["iterations_run"])
 
 
+def time_api_compiled(real, n, seed, config):
+    """DM with ``compile=True``: (seconds per iteration after the first, the first iteration's
+    seconds, which include compiling). Needs ``n`` ≥ 2."""
+    ds = ddkit.distill(real, "dm", IPC, iterations=n, seed=seed, progress=False, config={**config, "compile": True})
+    warm = ds.extra["warmup_seconds"]
+    return (ds.extra["seconds"] - warm) / (ds.extra["iterations_run"] - 1), warm
+
+
 def time_fn(fn, real_x, by_class, k, dsa, seed, n, lr, momentum):
     g = iteration_generator(seed, -1)
     syn = initial_synthetic(real_x, by_class, IPC, "real", g).requires_grad_(True)
@@ -199,6 +209,8 @@ def main() -> None:
                 forms["per-class (reference form)"] = []
             if method == "dm":
                 forms["ddkit + channels-last"] = []
+                forms["ddkit + torch.compile"] = []
+                warmups: list[float] = []
                 if args.bf16:
                     forms["ddkit + bf16 autocast"] = []
             cfg = extra_config(method, real, Path(tmp), args)
@@ -210,6 +222,9 @@ def main() -> None:
                     forms["ddkit + channels-last"].append(time_fn(
                         lambda *a: dm_variant_iteration(*a, channels_last=True), real_x, by_class, k, dsa, r, 1,
                         1.0, 0.5))
+                    steady, warm = time_api_compiled(real, 2, r, cfg)
+                    forms["ddkit + torch.compile"].append(steady)
+                    warmups.append(warm)
                     if args.bf16:
                         forms["ddkit + bf16 autocast"].append(time_fn(
                             lambda *a: dm_variant_iteration(*a, bf16=True), real_x, by_class, k, dsa, r, 1, 1.0, 0.5))
@@ -222,6 +237,8 @@ def main() -> None:
             rows.append({"method": method, "seconds": forms, "median": med,
                          "ratio_naive_over_ddkit": (med["per-class (reference form)"] / med["ddkit"]
                                                     if "per-class (reference form)" in med else None)})
+            if method == "dm":
+                rows[-1]["compile_first_iteration_seconds"] = warmups
             write(out, rows, args, started)
 
 
@@ -255,9 +272,16 @@ def write(out: Path, rows: list[dict], args, started: float) -> None:
             if form == "ddkit" and row["ratio_naive_over_ddkit"] is not None:
                 ratio = f"{row['ratio_naive_over_ddkit']:.2f}×"
             elif form != "ddkit" and form != "per-class (reference form)":
-                ratio = f"(variant: {row['median']['ddkit'] / row['median'][form]:.2f}× ddkit speed)"
+                ratio = f"(variant: {row['median']['ddkit'] / row['median'][form]:.2f}× ddkit speed"
+                ref = row["median"].get("per-class (reference form)")
+                ratio += f"; naive ÷ this {ref / row['median'][form]:.2f}×)" if ref else ")"
             lines.append(f"| {row['method']} | {form} | {row['median'][form]:.2f} | "
                          f"{', '.join(f'{v:.2f}' for v in vals)} | {ratio} |")
+    for row in rows:
+        if row.get("compile_first_iteration_seconds"):
+            lines += ["", f"{row['method']} + torch.compile: the s / iteration above excludes the first iteration "
+                      "of each round, which compiles (or re-uses the process's compiled code): "
+                      f"{', '.join(f'{v:.1f}' for v in row['compile_first_iteration_seconds'])} s."]
     lines += ["", args.note, "", f"Wall time of the last run: {info['wall_seconds']:.0f} s. "
               "Methods without a per-class objective (KIP, FRePo, MTT, CFM) have no per-class form to compare; "
               "their row is ddkit's time only. MTT's buffer and CFM's teacher are built (small) before timing "

@@ -1,3 +1,6 @@
+import shutil
+
+import pytest
 import torch
 
 import ddkit
@@ -57,3 +60,16 @@ def test_same_seed_same_set_different_seed_different_set(digits):
     b = ddkit.distill(real, "dm", 1, iterations=2, config=cfg, seed=1, device="cpu", progress=False)
     c = ddkit.distill(real, "dm", 1, iterations=2, config=cfg, seed=2, device="cpu", progress=False)
     assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_embedding_gives_the_eager_run(digits):
+    real, _ = digits
+    cfg = {"batch_real": 16, "model": "convnet-w32"}
+    eager = ddkit.distill(real, "dm", 2, iterations=3, config=cfg, seed=5, device="cpu", progress=False)
+    comp = ddkit.distill(real, "dm", 2, iterations=3, config={**cfg, "compile": True}, seed=5, device="cpu",
+                         progress=False)
+    # same draws, same algorithm: equal up to float32 rounding of the features
+    torch.testing.assert_close(comp.images, eager.images, rtol=0, atol=1e-4)
+    assert comp.extra["warmup_seconds"] > 0 and "warmup_seconds" not in eager.extra
+    assert comp.config["compile"] is True

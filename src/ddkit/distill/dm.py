@@ -25,10 +25,10 @@ from ddkit.artifact import DistilledSet
 from ddkit.augment import DSA
 from ddkit.data import ImageDataset
 from ddkit.distill.base import Distiller, register
-from ddkit.distill.feature_matching import FeatureMatchingConfig, run_feature_matching
+from ddkit.distill.feature_matching import EmbeddingMatchingConfig, run_feature_matching
 
 
-class DMConfig(FeatureMatchingConfig):
+class DMConfig(EmbeddingMatchingConfig):
     """DM settings; defaults are the paper's (Zhao & Bilen 2023, Sec. 4 and code): 20 000
     iterations, 256 real images per class, SGD lr 1.0 momentum 0.5, real init, DSA."""
 

@@ -45,14 +45,14 @@ from ddkit.artifact import DistilledSet
 from ddkit.augment import DSA
 from ddkit.data import ImageDataset
 from ddkit.distill.base import Distiller, register
-from ddkit.distill.feature_matching import FeatureMatchingConfig, run_feature_matching
+from ddkit.distill.feature_matching import EmbeddingMatchingConfig, run_feature_matching
 from ddkit.errors import ConfigError
 from ddkit.spectral import Filter, feature_stats, get_filter, spectral_matching_loss
 
 _FILTER_PARAMS = {"identity": (), "linear": (), "inverse": ("beta",), "polynomial": ("alpha", "p")}
 
 
-class SpectralConfig(FeatureMatchingConfig):
+class SpectralConfig(EmbeddingMatchingConfig):
     """Settings of ``spectral``; optimisation defaults borrowed from DM, filter parameters ours."""
 
     filter: str = "identity"  # identity, linear, inverse, polynomial
