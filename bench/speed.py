@@ -188,10 +188,11 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a sentence about the run's conditions, printed in speed.md")
     args = ap.parse_args()
     out = Path(args.out)
+    if not args.note and out.with_suffix(".json").exists():  # keep the conditions written so far
+        args.note = json.loads(out.with_suffix(".json").read_text()).get("note", "")
     if args.render:
         info = json.loads(out.with_suffix(".json").read_text())
         args.threads, args.repeats = info["threads"], info["repeats"]
-        args.note = args.note or info.get("note", "")
         write(out, info["rows"], args, time.time() - info["wall_seconds"])
         return
     torch.set_num_threads(args.threads)
@@ -260,7 +261,7 @@ def write(out: Path, rows: list[dict], args, started: float) -> None:
         "# Seconds per distillation iteration, Fashion-MNIST IPC 10",
         "",
         f"Machine: {info['machine']['cpu']}, torch {info['machine']['torch']}, {args.threads} thread(s); "
-        f"median of {args.repeats} interleaved rounds (individual timings in speed.json). "
+        "median over each row's interleaved rounds (all rounds listed; timings also in speed.json). "
         "Published settings (ConvNet-3 width 128, 256 real images per class, DSA where the method uses it).",
         "",
         "| method | form | s / iteration (median) | all rounds | naive ÷ ddkit |",
