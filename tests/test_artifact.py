@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -25,6 +27,15 @@ def test_round_trip(tmp_path, soft, lr):
     assert back.mean == (0.2861,) and back.soft_labels == soft
     assert (back.lr is None) == (lr is None)
     assert not list(tmp_path.glob(".*tmp"))  # no temporary left behind
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        _set().save(tmp_path / "s.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "s.safetensors").stat().st_mode) == 0o640  # 0666 minus the umask, not 0600
 
 
 def test_tampered_file_is_refused(tmp_path):

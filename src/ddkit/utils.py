@@ -69,12 +69,20 @@ def check_writable(path: str | Path) -> Path:
     return p
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; os offers no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     Nothing is half-written: on an exception the temporary file is removed and ``path``
-    keeps its old content (or stays absent).
+    keeps its old content (or stays absent). The file gets the permissions a plain
+    ``open(path, "w")`` would give (0666 minus the umask), not ``mkstemp``'s private 0600.
 
     Raises:
         OutputError: the destination folder is missing or not writable.
@@ -84,6 +92,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
