@@ -7,6 +7,7 @@ import ddkit
 from ddkit.augment import DSA
 from ddkit.distill.coreset import herding_select
 from ddkit.distill.dm import dm_loss, dm_loss_per_class
+from ddkit.errors import ConfigError
 from ddkit.models import get_model
 
 
@@ -73,3 +74,15 @@ def test_compiled_embedding_gives_the_eager_run(digits):
     torch.testing.assert_close(comp.images, eager.images, rtol=0, atol=1e-4)
     assert comp.extra["warmup_seconds"] > 0 and "warmup_seconds" not in eager.extra
     assert comp.config["compile"] is True
+
+
+def test_a_failed_compilation_is_a_config_error_not_a_silent_eager_run(digits, monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # a cached graph would not need the compiler
+    real, _ = digits
+    with pytest.raises(ConfigError, match="compile=True failed.*compile=False"):
+        ddkit.distill(real, "dm", 1, iterations=1, config={"compile": True, "batch_real": 8, "model": "convnet-w32"},
+                      device="cpu", progress=False)
+    torch._dynamo.reset()  # no half-compiled state for later tests

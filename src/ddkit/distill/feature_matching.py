@@ -90,6 +90,8 @@ def run_feature_matching(distiller: Distiller, real: ImageDataset, ipc: int, los
     cfg: EmbeddingMatchingConfig = distiller.config  # type: ignore[assignment]
     k, size = real.num_classes, real.image_size[0]
     compiled = compiled_embedding() if cfg.compile else None
+    # torch.compile imported torch._dynamo; eager runs catch nothing here
+    compile_errors = (torch._dynamo.exc.TorchDynamoException,) if compiled is not None else ()
     warmup = None
     dsa = DSA(DSAConfig(strategy=cfg.dsa_strategy), image_size=size) if cfg.dsa else None
     meta = distiller.checkpoint_meta(real, ipc, seed)
@@ -114,18 +116,15 @@ def run_feature_matching(distiller: Distiller, real: ImageDataset, ipc: int, los
             for p in net.parameters():
                 p.requires_grad_(False)
             idx = sample_per_class(by_class, bsz, g)
-            if compiled is None:
-                loss = loss_fn(net.embed, real_x[idx.to(device)], syn, k, dsa, g, per_class)
-            else:
-                t_it = time.perf_counter()
-                try:
-                    loss = loss_fn(functools.partial(compiled, net), real_x[idx.to(device)], syn, k, dsa, g,
-                                   per_class)
-                except torch._dynamo.exc.TorchDynamoException as exc:
-                    raise ConfigError(f"{distiller.name}: compile=True failed ({type(exc).__name__}: "
-                                      f"{str(exc).splitlines()[0][:300]}); run with compile=False") from None
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            embed = net.embed if compiled is None else functools.partial(compiled, net)
+            t_it = time.perf_counter()
+            try:  # forward and backward: both are compiled (lazily, at first use) when compile=True
+                loss = loss_fn(embed, real_x[idx.to(device)], syn, k, dsa, g, per_class)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            except compile_errors as exc:
+                raise ConfigError(f"{distiller.name}: compile=True failed ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:300]}); run with compile=False") from None
             opt.step()
             loss_val = float(loss.detach()) / k
             if compiled is not None and warmup is None:
