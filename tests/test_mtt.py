@@ -16,7 +16,13 @@ from ddkit.cli import app
 from ddkit.distill import make_config
 from ddkit.distill.base import Checkpoint
 from ddkit.distill.buffer import ExpertBuffer, expert_generator, train_experts
-from ddkit.distill.mtt import MTTDistiller, published_defaults, trajectory_matching_loss, unroll_student
+from ddkit.distill.mtt import (
+    MTTDistiller,
+    published_defaults,
+    trajectory_matching_loss,
+    unroll_memory_bytes,
+    unroll_student,
+)
 from ddkit.errors import ArtifactError, ConfigError
 from ddkit.models import get_model
 
@@ -221,6 +227,30 @@ def test_mtt_bad_settings_are_config_errors(buf, fmnist, digits, tmp_path):
         ddkit.distill(real, "mtt", 1, iterations=1, config=_cfg(buf, model="convnet"), device="cpu", progress=False)
     with pytest.raises(ConfigError, match="does not match the real set"):
         ddkit.distill(digits[0], "mtt", 1, iterations=1, config=_cfg(buf), device="cpu", progress=False)
+
+
+def test_unroll_memory_estimate_and_the_refusal_when_it_does_not_fit(buf, fmnist, monkeypatch):
+    net = get_model("convnet-w32", 1, 10, 28)
+    one = unroll_memory_bytes(net, (1, 28, 28), 10, 10, 1)
+    assert one > 10 * 32 * 32 * 32 * 4  # at least the first conv's output per image
+    assert unroll_memory_bytes(net, (1, 28, 28), 10, 10, 3) == 3 * one  # linear in the steps
+    assert unroll_memory_bytes(net, (1, 28, 28), 10, 20, 1) > 1.5 * one  # ~linear in the batch
+    # measured against the saved tensors of a real 2-step unroll on 10 images
+    theta = torch.cat([q.detach().flatten() for q in net.parameters()]).requires_grad_(True)
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        unroll_student(net, theta, torch.randn(10, 1, 28, 28, requires_grad=True), torch.arange(10), 0.01, 2)
+    assert 0.8 < 2 * one / sum(seen.values()) < 1.25
+    # a run whose graph cannot fit is refused up front with the fix named, not OOM-killed
+    mtt = importlib.import_module("ddkit.distill.mtt")
+    monkeypatch.setattr(mtt, "available_memory_bytes", lambda device: 2**20)
+    with pytest.raises(ConfigError, match=r"GiB for the backward pass.*batch_syn=\d+"):
+        ddkit.distill(fmnist[0], "mtt", 1, iterations=1, config=_cfg(buf), device="cpu", progress=False)
 
 
 # ------------------------------------------------------------------------------------- CLI

@@ -200,6 +200,57 @@ def unroll_student(net: nn.Module, start: Tensor, images: Tensor, labels: Tensor
     return w if create_graph else w.detach()
 
 
+def unroll_memory_bytes(net: nn.Module, image_shape: tuple[int, ...], num_classes: int, batch: int, steps: int,
+                        device: torch.device | str = "cpu") -> int:
+    """Estimated bytes the autograd graph of :func:`unroll_student` keeps for the backward
+    pass (``steps`` steps on batches of ``batch`` images), measured, not modelled: the
+    tensors saved for backward by one step (with ``create_graph``) on 1 and on 2 images,
+    counted through ``torch.autograd.graph.saved_tensors_hooks``, extrapolated linearly in
+    the batch and multiplied by ``steps``. Each storage counts once, however many saved
+    tensors view it.
+
+    Args:
+        image_shape: (C, H, W). num_classes: K. batch, steps: ≥ 1.
+
+    Returns:
+        Bytes (int ≥ 0).
+    """
+    names, _, numels = _param_layout(net)
+    theta = torch.cat([p.detach().flatten() for p in net.parameters()]).to(device)
+
+    def one_step(b: int) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(t: Tensor) -> Tensor:
+            st = t.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+            return t
+
+        x = torch.zeros(b, *image_shape, device=device, requires_grad=True)
+        y = torch.zeros(b, dtype=torch.long, device=device)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            unroll_student(net, theta.clone().requires_grad_(True), x, y, 0.01, 1)
+        return sum(storages.values())
+
+    one, two = one_step(1), one_step(2)
+    per_image = max(0, two - one)
+    return int(steps * (max(0, one - per_image) + per_image * batch))
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory for tensors on ``device``: CUDA ``mem_get_info``; CPU ``MemAvailable``
+    of /proc/meminfo (Linux); ``None`` where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def trajectory_matching_loss(student_end: Tensor, expert_start: Tensor, expert_target: Tensor) -> Tensor:
     """MTT's normalised parameter distance (Eq. 2), a scalar ≥ 0.
 
@@ -265,6 +316,15 @@ class MTTDistiller(Distiller):
             p.requires_grad_(False)
         if sum(p.numel() for p in net.parameters()) != buf.num_params:
             raise ConfigError(f"network {model!r} has a different parameter count than the buffer's experts")
+        n_syn = k * ipc
+        bsz = n_syn if cfg.batch_syn is None else min(cfg.batch_syn, n_syn)
+        need = unroll_memory_bytes(net, (real.channels, size, size), k, bsz, n_steps, device)
+        free = available_memory_bytes(torch.device(device))
+        if free is not None and need > 0.85 * free:  # the estimate ran ~15 % under the measured peak
+            fit = max(1, int(bsz * 0.7 * free / need))
+            raise ConfigError(f"mtt: unrolling {n_steps} student steps on batches of {bsz} synthetic images keeps "
+                              f"~{need / 2**30:.1f} GiB for the backward pass, {free / 2**30:.1f} GiB is free on "
+                              f"{device}; set batch_syn ≤ {fit} (--set batch_syn={fit}) or fewer syn_steps")
         dsa = DSA(DSAConfig(strategy=cfg.dsa_strategy), image_size=size) if cfg.dsa else None
         meta = self.checkpoint_meta(real, ipc, seed)
         meta["config"].pop("buffer", None)  # the buffer is identified by its contents, not its path
