@@ -75,11 +75,13 @@ PAPER_ITERATIONS = {"dm": 20_000, "dc": 1000, "dsa": 1000, "kip": 1000, "frepo":
 # default reduced budgets for this 2-core CPU (cfm: iterations per IPC batch)
 DEFAULT_BUDGET = {"dm": 10, "dc": 2, "dsa": 2, "kip": 20, "frepo": 20, "mtt": 5, "cfm": 20}
 # why table cells are missing (printed under the table beside the list of missing cells)
-NOT_RUN = ("Gradient matching at IPC 50 runs (outer, inner) = (50, 10) loops per iteration: 50 matching steps "
-           "(10 classes × 256 real images through a forward and a double backward) and 500 inner epochs over 500 "
-           "synthetic images; at IPC 10 (10, 50) one iteration already took 7-35 min on this machine, so one IPC-50 "
-           "iteration would take hours of CPU time. Run with `bench/accuracy.py --methods dc dsa --ipcs 50` on a "
-           "faster machine (results accumulate).")
+NOT_RUN_GM50 = ("Gradient matching at IPC 50 runs (outer, inner) = (50, 10) loops per iteration: 50 matching steps "
+                "(10 classes × 256 real images through a forward and a double backward) and 500 inner epochs over 500 "
+                "synthetic images; at IPC 10 (10, 50) one iteration already took 7-35 min on this machine, so one "
+                "IPC-50 iteration would take hours of CPU time.")
+NOT_RUN = ("The other missing cells were not reached within the CPU time of the sessions that built this table. "
+           "Any missing cell is one command away: `bench/accuracy.py --datasets D --ipcs I --methods M` (results "
+           "accumulate; MTT at IPC 50 needs `--mtt-batch-syn 100` on a 24 GB machine).")
 CURVE_BUDGETS = {"dm": [5, 10, 20, 40], "dsa": [1, 2, 3, 4], "dc": [1, 2, 3, 4], "kip": [5, 10, 20, 40],
                  "frepo": [5, 10, 20, 40], "mtt": [1, 2, 4, 8], "cfm": [5, 10, 20, 40]}
 
@@ -277,7 +279,7 @@ def main() -> None:
                         "prereq_seconds": round(pre_wall, 1), "prereq_cpu_seconds": round(pre_cpu, 1),
                         "eval_seconds": res.seconds, "date": time.strftime("%Y-%m-%d", time.gmtime())}
                 if "batch_syn" in extra:
-                    cell["deviation"] = f"batch_syn {extra['batch_syn']} (paper: the whole set)"
+                    cell["deviation"] = f"batch_syn {extra['batch_syn']}; paper: the whole set"
                 if "iterations_run" in ds.extra and ds.extra.get("seconds") is not None:
                     cell["seconds_per_iteration"] = round(ds.extra["seconds"] / max(1, ds.extra["iterations_run"]), 2)
                 print(f"{name:14s} {method:8s} IPC {ipc:3d}: {100 * res.mean:6.2f} ± {100 * res.std:4.2f} "
@@ -353,7 +355,7 @@ def markdown(r: dict) -> str:
         proto = c.get("protocol", "")
         proto = ("soft labels (teacher KD)" if proto.startswith("soft-label KD") or "teacher" in proto
                  else "learned labels, MSE" if "MSE" in proto else "hard labels, CE")
-        method = c["method"] + (f" ({c['deviation']})" if c.get("deviation") else "")
+        method = c["method"] + (f" [{c['deviation']}]" if c.get("deviation") else "")
         lines.append(f"| {c['dataset']} | {method} | {c['ipc']} | {100 * c['mean']:.2f} ± {100 * c['std']:.2f} "
                      f"| {pub or '—'} | {gap} | {it} | {proto} | {c['runs']}×{c['eval_epochs']} ep "
                      f"| {c['distill_seconds']:.0f}{cpu} | {c.get('prereq_seconds', 0):.0f} "
@@ -361,7 +363,9 @@ def markdown(r: dict) -> str:
     missing = [f"{m} {d} IPC {i}" for d in sorted({c["dataset"] for c in r["cells"]}) for i in (1, 10, 50)
                for m in order if not any((c["method"], c["dataset"], c["ipc"]) == (m, d, i) for c in r["cells"])]
     if missing:
-        lines += ["", f"**Not measured** ({len(missing)} cells): {'; '.join(missing)}. " + NOT_RUN]
+        gm50 = any(m.startswith(("dc ", "dsa ")) and m.endswith("IPC 50") for m in missing)
+        lines += ["", f"**Not measured** ({len(missing)} cells): {'; '.join(missing)}. "
+                  + (NOT_RUN_GM50 + " " if gm50 else "") + NOT_RUN]
     if r.get("curve"):
         pts = sorted(r["curve"], key=lambda p: (p["dataset"], p["ipc"], order.get(p["method"], 99), p["iterations"]))
         p0 = pts[0]
