@@ -106,3 +106,44 @@ def test_imagefolder_with_real_rgb_images(tmp_path):
 def test_digits_is_embedded():
     train = ddkit.load_dataset("digits")
     assert train.images.shape[1:] == (1, 8, 8) and train.num_classes == 10 and len(train) > 1000
+
+
+def _write_idx_gz(folder: Path, n: int) -> None:
+    """The 4 MNIST IDX files, gzip'd (the Debian package's layout), with n images each."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        imgs = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(np.array([2051, n, 28, 28], dtype=">i4").tobytes() + imgs.tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(np.array([2049, n], dtype=">i4").tobytes() + labels.tobytes())
+
+
+def test_idx_staging_survives_a_concurrent_loader(tmp_path, monkeypatch):
+    """Two processes decompressing the same IDX files into the cache at once (seen when two
+    benchmarks started together) must both load: here a second load runs to completion while
+    the first is halfway through writing its copy. With one fixed temporary name the first
+    one's rename failed (its file had been renamed away by the second)."""
+    src = tmp_path / "fashion-mnist"
+    src.mkdir()
+    _write_idx_gz(src, 30)
+    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
+    loader = registry.DATASETS["fashion-mnist"].loader
+    real_copy, nested, started = shutil.copyfileobj, [], []
+
+    def copy_with_a_competitor(fin, fout, *a, **k):
+        if not started:  # the competitor stages every file while we hold a half-written one
+            started.append(True)
+            nested.append(loader(tmp_path, "train", False))
+        fout.write(fin.read(100))  # then we finish our copy
+        return real_copy(fin, fout, *a, **k)
+
+    monkeypatch.setattr(registry.shutil, "copyfileobj", copy_with_a_competitor)
+    imgs, labels, _, _ = loader(tmp_path, "train", False)
+    assert nested and imgs.shape == (30, 1, 28, 28) and np.array_equal(imgs, nested[0][0])
+    assert labels.tolist() == (np.arange(30) % 10).tolist()
+    raw = tmp_path / "cache" / "idx" / "fashion-mnist" / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(registry.MNIST_FILES)  # no temporary left over

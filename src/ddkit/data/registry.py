@@ -29,6 +29,7 @@ import torch
 
 from ddkit.data.dataset import ImageDataset
 from ddkit.errors import DatasetNotFoundError
+from ddkit.utils import atomic_path
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -112,13 +113,14 @@ def _mnist_like(name: str, tv_name: str, classes: list[str]):
             for f in MNIST_FILES:
                 if not (raw / f).exists():
                     src = folder / f
-                    tmp = raw / f".{f}.tmp"
-                    if src.exists():
-                        shutil.copyfile(src, tmp)
-                    else:
-                        with gzip.open(folder / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
-                            shutil.copyfileobj(fin, fout)
-                    os.replace(tmp, raw / f)
+                    # a unique temporary name: processes staging the same file at once must
+                    # not write into, or rename away, each other's copy
+                    with atomic_path(raw / f) as tmp:
+                        if src.exists():
+                            shutil.copyfile(src, tmp)
+                        else:
+                            with gzip.open(folder / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
+                                shutil.copyfileobj(fin, fout)
         ds = getattr(datasets, tv_name)(str(tv_root), train=(split == "train"), download=False)
         images = ds.data.numpy()[:, None]
         labels = ds.targets.numpy()
