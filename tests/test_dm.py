@@ -86,3 +86,21 @@ def test_a_failed_compilation_is_a_config_error_not_a_silent_eager_run(digits, m
         ddkit.distill(real, "dm", 1, iterations=1, config={"compile": True, "batch_real": 8, "model": "convnet-w32"},
                       device="cpu", progress=False)
     torch._dynamo.reset()  # no half-compiled state for later tests
+
+
+@pytest.mark.parametrize("method,bad,word", [
+    ("dm", {"batch_real": 0}, "batch_real"),  # reached a reshape inside torch before
+    ("dm", {"lr_img": -1.0}, "lr_img"),  # reached torch.optim.SGD's ValueError before
+    ("spectral", {"momentum": -0.5}, "momentum"),
+    ("dm", {"checkpoint_every": -1}, "checkpoint_every"),  # was accepted
+    ("dc", {"lr_img": 0.0}, "lr_img"),
+    ("herding", {"feature_epochs": -1}, "feature_epochs"),  # was accepted
+    ("kip", {"checkpoint_every": -5}, "checkpoint_every"),
+])
+def test_out_of_range_settings_are_config_errors(digits, method, bad, word):
+    """Settings out of range are refused when the configuration is built, naming the setting."""
+    real, _ = digits
+    with pytest.raises(ConfigError, match=f"'{word}' of method '{method}'"):
+        ddkit.distill(real, method, 1, iterations=1, config=bad, device="cpu", progress=False)
+    with pytest.raises(ConfigError, match="'iterations'"):
+        ddkit.distill(real, method, 1, iterations=-1, device="cpu", progress=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 from safetensors.torch import load_file, save_file
 
 from ddkit.artifact import DistilledSet
@@ -30,8 +30,8 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    iterations: int = 0
-    checkpoint_every: int = 0  # 0: never write checkpoints
+    iterations: NonNegativeInt = 0
+    checkpoint_every: NonNegativeInt = 0  # 0: never write checkpoints
 
 
 def register(cls: type[Distiller]) -> type[Distiller]:

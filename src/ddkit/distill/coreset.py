@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import NonNegativeInt
 
 from ddkit.artifact import DistilledSet
 from ddkit.data import ImageDataset
@@ -41,8 +42,8 @@ class HerdingConfig(MethodConfig):
     from a paper)."""
 
     model: str = "convnet"
-    feature_epochs: int = 2
-    feature_per_class: int = 0  # 0: the whole training set
+    feature_epochs: NonNegativeInt = 2
+    feature_per_class: NonNegativeInt = 0  # 0: the whole training set
 
 
 def herding_select(features: torch.Tensor, k: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ddkit.artifact import DistilledSet
 from ddkit.augment import DSA, DSAConfig
@@ -40,15 +41,15 @@ MatchingLoss = Callable[..., torch.Tensor]
 class FeatureMatchingConfig(MethodConfig):
     """Settings of the shared loop; defaults are DM's (Zhao & Bilen 2023, Sec. 4 and code)."""
 
-    iterations: int = 20_000
-    batch_real: int = 256
-    lr_img: float = 1.0
-    momentum: float = 0.5
+    iterations: NonNegativeInt = 20_000
+    batch_real: PositiveInt = 256
+    lr_img: PositiveFloat = 1.0
+    momentum: NonNegativeFloat = 0.5
     model: str = "convnet"
     init: Literal["real", "noise"] = "real"
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    checkpoint_every: int = 500
+    checkpoint_every: NonNegativeInt = 500
 
 
 class EmbeddingMatchingConfig(FeatureMatchingConfig):

@@ -81,6 +81,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from pydantic import NonNegativeInt
 from torch import Tensor
 
 from ddkit.artifact import DistilledSet
@@ -111,8 +112,8 @@ FLIP_DATASETS = ("cifar10", "cifar100")
 class FRePoConfig(MethodConfig):
     """FRePo settings; every default's source is in the module docstring."""
 
-    iterations: int = 500_000
-    checkpoint_every: int = 1000
+    iterations: NonNegativeInt = 500_000
+    checkpoint_every: NonNegativeInt = 1000
     batch_real: int = 1024
     optimizer: str = "lamb"  # "lamb" (paper/JAX code) or "adam" (PyTorch port)
     lr: float = 3e-4  # images and labels; cosine decay to 0.1 × lr

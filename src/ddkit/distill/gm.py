@@ -295,15 +295,15 @@ class GMConfig(FeatureMatchingConfig):
     :func:`default_loops` of the IPC.
     """
 
-    iterations: int = 1000
-    lr_img: float = 0.1
+    iterations: NonNegativeInt = 1000
+    lr_img: PositiveFloat = 0.1
     lr_net: PositiveFloat = 0.01
     batch_train: PositiveInt = 256
     outer_loop: NonNegativeInt = 0
     inner_loop: NonNegativeInt = 0
     dsa: bool = False
     batched: bool = False
-    checkpoint_every: int = 50
+    checkpoint_every: NonNegativeInt = 50
 
 
 class DSAMethodConfig(GMConfig):
@@ -327,8 +327,6 @@ class DCDistiller(Distiller):
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules()):
             raise ConfigError(f"{self.name} needs per-sample normalisation for per-class gradients; "
                               f"model {cfg.model!r} contains batch norm and is not supported")
-        if cfg.batch_real < 1:
-            raise ConfigError(f"{self.name}: batch_real must be ≥ 1, got {cfg.batch_real}")
         d_outer, d_inner = default_loops(ipc)
         outer = cfg.outer_loop or d_outer
         inner = cfg.inner_loop or d_inner

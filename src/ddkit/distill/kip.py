@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import NonNegativeInt
 from torch import Tensor
 
 from ddkit.artifact import DistilledSet
@@ -81,7 +82,7 @@ __all__ = ["KIPConfig", "KIPDistiller", "centred_one_hot", "kip_loss", "kip_tabu
 class KIPConfig(MethodConfig):
     """KIP settings (see the module docstring for sources and the reading of each default)."""
 
-    iterations: int = 1000
+    iterations: NonNegativeInt = 1000
     batch_real: int = 256  # total, class-balanced
     lr: float = 0.01  # Adam, images and labels
     reg: float = 1e-6  # λ; the ridge is λ · tr(K_ss) / n_s
@@ -90,7 +91,7 @@ class KIPConfig(MethodConfig):
     model: str = "convnet"
     num_models: int = 8
     init: str = "real"  # "real" or "noise"
-    checkpoint_every: int = 100
+    checkpoint_every: NonNegativeInt = 100
 
 
 def centred_one_hot(labels: Tensor, num_classes: int) -> Tensor:

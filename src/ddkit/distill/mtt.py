@@ -60,7 +60,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -102,7 +102,7 @@ class MTTConfig(MethodConfig):
     """MTT settings; ``None`` fields take the per-IPC published value (module docstring)."""
 
     buffer: str = Field("", validate_default=True)  # expert-trajectory folder (required)
-    iterations: int = 5000
+    iterations: NonNegativeInt = 5000
     syn_steps: PositiveInt | None = None  # N
     expert_epochs: PositiveInt | None = None  # M
     max_start_epoch: PositiveInt | None = None  # T+
@@ -116,7 +116,7 @@ class MTTConfig(MethodConfig):
     dsa: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY
     min_syn_lr: NonNegativeFloat = 1e-6
-    checkpoint_every: int = 100
+    checkpoint_every: NonNegativeInt = 100
 
     @field_validator("buffer")
     @classmethod
