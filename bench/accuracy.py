@@ -234,8 +234,10 @@ def main() -> None:
             path.write_text(json.dumps(cur, indent=2))
             (args.out / "accuracy.md").write_text(markdown(cur))
 
+    cpu_model = machine()["cpu"]
+
     def put(cell: dict, where: str = "cells"):
-        save(cell, where)
+        save({**cell, "cpu": cpu_model}, where)
 
     data = {}
     for name in args.datasets:
@@ -327,16 +329,17 @@ def markdown(r: dict) -> str:
         "# Accuracy of every method (ConvNet-3)", "",
         "Built by `.venv/bin/python bench/accuracy.py` (possibly over several runs; each run's command, date and "
         "machine are in `accuracy.json` under `runs_log`). Every cell states the protocol that produced it, "
-        "the iteration budget used beside the paper's, and the time it took on this project's CPU machine "
-        "(2 cores, no GPU; wall clock and process CPU time; `prereq` = building MTT's expert buffer or "
+        "the iteration budget used beside the paper's, and the time it took on this project's CPU machines "
+        "(2 cores, no GPU, the CPU model in the `cpu` column: sessions ran on different machines, so compare "
+        "times within one CPU model; wall clock and process CPU time; `prereq` = building MTT's expert buffer or "
         "CFM's teacher, once per dataset).", "",
         "**Budgets are far below the papers'** (see the `iterations` column against `paper`), and the evaluation "
         "trains 2 networks × 30 epochs instead of the protocol's 5 × 1000 (DSA augmentation as in the protocol). "
         "The published column uses the full budgets, so most of the gap is budget, not method; the curve below "
         "shows where the budget is heading.", "",
         "| dataset | method | IPC | ours (mean ± std, %) | published (%) | gap (pts) | iterations (paper) | protocol "
-        "| eval | distil s (CPU s) | prereq s | eval s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| eval | distil s (CPU s) | prereq s | eval s | cpu |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {m: i for i, m in enumerate(["random", "herding", "dm", "dc", "dsa", "kip", "frepo", "mtt", "random-soft",
                                          "cfm"])}
@@ -359,7 +362,7 @@ def markdown(r: dict) -> str:
         lines.append(f"| {c['dataset']} | {method} | {c['ipc']} | {100 * c['mean']:.2f} ± {100 * c['std']:.2f} "
                      f"| {pub or '—'} | {gap} | {it} | {proto} | {c['runs']}×{c['eval_epochs']} ep "
                      f"| {c['distill_seconds']:.0f}{cpu} | {c.get('prereq_seconds', 0):.0f} "
-                     f"| {c['eval_seconds']:.0f} |")
+                     f"| {c['eval_seconds']:.0f} | {short_cpu(c.get('cpu'))} |")
     missing = [f"{m} {d} IPC {i}" for d in sorted({c["dataset"] for c in r["cells"]}) for i in (1, 10, 50)
                for m in order if not any((c["method"], c["dataset"], c["ipc"]) == (m, d, i) for c in r["cells"])]
     if missing:
@@ -375,11 +378,12 @@ def markdown(r: dict) -> str:
                   f"class-balanced subset of {p0['test_images']} test images (not the full test set, so these are "
                   "noisier than the table). CPU s: process CPU seconds of the distillation up to that budget "
                   "(prerequisites listed separately).", "",
-                  "| method | iterations | accuracy (%) | distil CPU s | prereq CPU s | protocol |",
-                  "|---|---|---|---|---|---|"]
+                  "| method | iterations | accuracy (%) | distil CPU s | prereq CPU s | protocol | cpu |",
+                  "|---|---|---|---|---|---|---|"]
         for p in pts:
             lines.append(f"| {p['method']} | {p['iterations']} | {100 * p['mean']:.2f} ± {100 * p['std']:.2f} | "
-                         f"{p['distill_cpu_seconds']:.0f} | {p['prereq_cpu_seconds']:.0f} | {p['protocol'][:40]} |")
+                         f"{p['distill_cpu_seconds']:.0f} | {p['prereq_cpu_seconds']:.0f} | {p['protocol'][:40]} | "
+                         f"{short_cpu(p.get('cpu'))} |")
         lines += ["", efficiency(r)]
     lines += ["", "Published: ../shared/papers/reference-numbers.md ([v] seen in the paper, [r] as re-printed in "
               "later papers). KIP's published numbers use a width-1024 ConvNet without normalisation and ZCA; "
@@ -387,6 +391,16 @@ def markdown(r: dict) -> str:
               "real subset evaluated under CFM's soft-label protocol with CFM's teacher, CFM's like-for-like "
               "baseline."]
     return "\n".join(lines) + "\n"
+
+
+def short_cpu(model: str | None) -> str:
+    """A CPU model string shortened for a table column (``"Intel(R) Xeon(R) Processor"`` → ``"Xeon"``)."""
+    if not model:
+        return "?"
+    for family in ("EPYC", "Xeon", "Ryzen", "Core"):
+        if family.lower() in model.lower():
+            return family
+    return model.replace("(R)", "").replace("(TM)", "")[:16]
 
 
 def efficiency(r: dict) -> str:

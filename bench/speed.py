@@ -43,7 +43,7 @@ from ddkit.distill.gm import default_loops, gradient_distance
 from ddkit.models import get_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import machine  # noqa: E402
+from accuracy import machine, short_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IPC = 10
@@ -249,9 +249,13 @@ def write(out: Path, rows: list[dict], args, started: float) -> None:
     for row in rows:
         row.setdefault("threads", args.threads)
         row.setdefault("repeats", args.repeats)
+        if not args.render:
+            row.setdefault("cpu", machine()["cpu"])
     js = out.with_suffix(".json")
     if js.exists() and not args.render:
-        kept = [r for r in json.loads(js.read_text())["rows"] if r["method"] not in {x["method"] for x in rows}]
+        old = json.loads(js.read_text())
+        kept = [{"cpu": old["machine"]["cpu"], **r} for r in old["rows"]
+                if r["method"] not in {x["method"] for x in rows}]
         rows = kept + rows
     info = {"note": args.note, "machine": machine(), "threads": args.threads, "repeats": args.repeats, "ipc": IPC,
             "dataset": "fashion-mnist", "wall_seconds": round(time.time() - started, 1), "rows": rows}
@@ -260,12 +264,14 @@ def write(out: Path, rows: list[dict], args, started: float) -> None:
     lines = [
         "# Seconds per distillation iteration, Fashion-MNIST IPC 10",
         "",
-        f"Machine: {info['machine']['cpu']}, torch {info['machine']['torch']}, {args.threads} thread(s); "
-        "median over each row's interleaved rounds (all rounds listed; timings also in speed.json). "
-        "Published settings (ConvNet-3 width 128, 256 real images per class, DSA where the method uses it).",
+        f"Machines: 2-core CPUs, the model in the `cpu` column (rows were timed in different sessions, on "
+        f"different machines: compare forms within a row, not seconds across rows of different CPUs); torch "
+        f"{info['machine']['torch']}, {args.threads} thread(s); median over each row's interleaved rounds (all "
+        "rounds listed; timings also in speed.json). Published settings (ConvNet-3 width 128, 256 real images per "
+        "class, DSA where the method uses it).",
         "",
-        "| method | form | s / iteration (median) | all rounds | naive ÷ ddkit |",
-        "|---|---|---|---|---|",
+        "| method | form | s / iteration (median) | all rounds | naive ÷ ddkit | cpu |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         for form, vals in row["seconds"].items():
@@ -277,7 +283,7 @@ def write(out: Path, rows: list[dict], args, started: float) -> None:
                 ref = row["median"].get("per-class (reference form)")
                 ratio += f"; naive ÷ this {ref / row['median'][form]:.2f}×)" if ref else ")"
             lines.append(f"| {row['method']} | {form} | {row['median'][form]:.2f} | "
-                         f"{', '.join(f'{v:.2f}' for v in vals)} | {ratio} |")
+                         f"{', '.join(f'{v:.2f}' for v in vals)} | {ratio} | {short_cpu(row.get('cpu'))} |")
     for row in rows:
         if row.get("compile_first_iteration_seconds"):
             lines += ["", f"{row['method']} + torch.compile: the s / iteration above excludes the first iteration "
