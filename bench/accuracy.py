@@ -77,7 +77,7 @@ DEFAULT_BUDGET = {"dm": 10, "dc": 2, "dsa": 2, "kip": 20, "frepo": 20, "mtt": 5,
 # why table cells are missing (printed under the table beside the list of missing cells)
 NOT_RUN_GM50 = ("Gradient matching at IPC 50 runs (outer, inner) = (50, 10) loops per iteration: 50 matching steps "
                 "(10 classes × 256 real images through a forward and a double backward) and 49 × 10 inner epochs over "
-                "500 synthetic images; one such iteration took 36-43 min on the 2-core Xeon (2026-11-30), so run these "
+                "500 synthetic images; one such iteration took 29-43 min on the 2-core Xeon (2026-11-30), so run these "
                 "cells with `--budget dc=1 dsa=1`.")
 NOT_RUN = ("The other missing cells were not reached within the CPU time of the sessions that built this table. "
            "Any missing cell is one command away: `bench/accuracy.py --datasets D --ipcs I --methods M` (results "
