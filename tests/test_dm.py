@@ -96,6 +96,9 @@ def test_a_failed_compilation_is_a_config_error_not_a_silent_eager_run(digits, m
     ("dc", {"lr_img": 0.0}, "lr_img"),
     ("herding", {"feature_epochs": -1}, "feature_epochs"),  # was accepted
     ("kip", {"checkpoint_every": -5}, "checkpoint_every"),
+    ("kip", {"kernel": "rbf"}, "kernel"),
+    ("frepo", {"batch_syn": 0}, "batch_syn"),
+    ("frepo", {"online_lr": 0.0}, "online_lr"),
 ])
 def test_out_of_range_settings_are_config_errors(digits, method, bad, word):
     """Settings out of range are refused when the configuration is built, naming the setting."""

@@ -77,11 +77,11 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import NonNegativeInt
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor
 
 from ddkit.artifact import DistilledSet
@@ -114,23 +114,23 @@ class FRePoConfig(MethodConfig):
 
     iterations: NonNegativeInt = 500_000
     checkpoint_every: NonNegativeInt = 1000
-    batch_real: int = 1024
-    optimizer: str = "lamb"  # "lamb" (paper/JAX code) or "adam" (PyTorch port)
-    lr: float = 3e-4  # images and labels; cosine decay to 0.1 × lr
-    lr_decay_steps: int = 0  # horizon of the cosine decay; 0 = iterations
-    reg: float = 1e-6  # λ; ridge = λ · tr(K_ss) / n_s
+    batch_real: PositiveInt = 1024
+    optimizer: Literal["lamb", "adam"] = "lamb"  # "lamb" (paper/JAX code) or "adam" (PyTorch port)
+    lr: PositiveFloat = 3e-4  # images and labels; cosine decay to 0.1 × lr
+    lr_decay_steps: NonNegativeInt = 0  # horizon of the cosine decay; 0 = iterations
+    reg: PositiveFloat = 1e-6  # λ; ridge = λ · tr(K_ss) / n_s
     learn_labels: bool = True
     margin_loss: bool = True  # the code's label-margin term (not in the paper's equations)
-    num_models: int = 10
-    max_online_updates: int = 100
-    online_lr: float = 3e-4  # Adam, constant
-    batch_syn: int = 1000  # distilled images per online training step
+    num_models: PositiveInt = 10
+    max_online_updates: NonNegativeInt = 100
+    online_lr: PositiveFloat = 3e-4  # Adam, constant
+    batch_syn: PositiveInt = 1000  # distilled images per online training step
     model: str = FREPO_MODEL
     width: int = 128  # frepo-conv only
     depth: int = 3  # frepo-conv only
-    norm: str = "batch"  # frepo-conv only: "batch" or "none"
+    norm: Literal["batch", "none"] = "batch"  # frepo-conv only
     flip: bool | None = None  # None: on for CIFAR-10/100 only, as the code
-    init: str = "real"
+    init: Literal["real", "noise"] = "real"
 
 
 # --------------------------------------------------------------------------- network
@@ -391,16 +391,6 @@ class FRePoDistiller(Distiller):
     Config = FRePoConfig
 
     def _check(self, cfg: FRePoConfig) -> None:
-        if cfg.num_models < 1 or cfg.max_online_updates < 0 or cfg.batch_real < 1 or cfg.batch_syn < 1:
-            raise ConfigError("frepo needs num_models ≥ 1, max_online_updates ≥ 0, batch_real ≥ 1 and batch_syn ≥ 1")
-        if not (cfg.lr > 0 and cfg.online_lr > 0 and cfg.reg > 0):
-            raise ConfigError("frepo needs lr > 0, online_lr > 0 and reg > 0")
-        if cfg.optimizer not in ("lamb", "adam"):
-            raise ConfigError(f"frepo optimizer must be 'lamb' or 'adam', got {cfg.optimizer!r}")
-        if cfg.lr_decay_steps < 0 or cfg.iterations < 0:
-            raise ConfigError("frepo needs iterations ≥ 0 and lr_decay_steps ≥ 0")
-        if cfg.norm not in ("batch", "none"):
-            raise ConfigError(f"frepo norm must be 'batch' or 'none', got {cfg.norm!r}")
         if cfg.model != FREPO_MODEL:
             defaults = FRePoConfig()
             changed = [k for k in ("width", "depth", "norm") if getattr(cfg, k) != getattr(defaults, k)]

@@ -51,10 +51,11 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import NonNegativeInt
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor
 
 from ddkit.artifact import DistilledSet
@@ -83,14 +84,14 @@ class KIPConfig(MethodConfig):
     """KIP settings (see the module docstring for sources and the reading of each default)."""
 
     iterations: NonNegativeInt = 1000
-    batch_real: int = 256  # total, class-balanced
-    lr: float = 0.01  # Adam, images and labels
-    reg: float = 1e-6  # λ; the ridge is λ · tr(K_ss) / n_s
+    batch_real: PositiveInt = 256  # total, class-balanced
+    lr: PositiveFloat = 0.01  # Adam, images and labels
+    reg: PositiveFloat = 1e-6  # λ; the ridge is λ · tr(K_ss) / n_s
     learn_labels: bool = True
-    kernel: str = "nngp"  # "nngp" (random-feature ConvNet NNGP) or "ntk" (empirical NTK)
+    kernel: Literal["nngp", "ntk"] = "nngp"  # random-feature ConvNet NNGP, or the empirical NTK
     model: str = "convnet"
-    num_models: int = 8
-    init: str = "real"  # "real" or "noise"
+    num_models: PositiveInt = 8
+    init: Literal["real", "noise"] = "real"
     checkpoint_every: NonNegativeInt = 100
 
 
@@ -256,10 +257,6 @@ class KIPDistiller(Distiller):
     def run(self, real: ImageDataset, ipc: int, *, device, seed, progress, checkpoint: Path | None,
             resume) -> DistilledSet:
         cfg: KIPConfig = self.config  # type: ignore[assignment]
-        if cfg.kernel not in ("nngp", "ntk"):
-            raise ConfigError(f"kip kernel must be 'nngp' or 'ntk', got {cfg.kernel!r}")
-        if cfg.num_models < 1 or not cfg.reg > 0 or not cfg.lr > 0 or cfg.batch_real < 1:
-            raise ConfigError("kip needs num_models ≥ 1, reg > 0, lr > 0 and batch_real ≥ 1")
         k, size = real.num_classes, real.image_size[0]
         meta = self.checkpoint_meta(real, ipc, seed)
         by_class = real.class_indices()
