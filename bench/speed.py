@@ -246,18 +246,19 @@ def main() -> None:
 def write(out: Path, rows: list[dict], args, started: float) -> None:
     """Write speed.json/.md; rows of methods not timed in this run are kept from the file
     (each row records its own threads/repeats)."""
+    host = machine()
     for row in rows:
         row.setdefault("threads", args.threads)
         row.setdefault("repeats", args.repeats)
         if not args.render:
-            row.setdefault("cpu", machine()["cpu"])
+            row.setdefault("cpu", host["cpu"])
     js = out.with_suffix(".json")
     if js.exists() and not args.render:
         old = json.loads(js.read_text())
         kept = [{"cpu": old["machine"]["cpu"], **r} for r in old["rows"]
                 if r["method"] not in {x["method"] for x in rows}]
         rows = kept + rows
-    info = {"note": args.note, "machine": machine(), "threads": args.threads, "repeats": args.repeats, "ipc": IPC,
+    info = {"note": args.note, "machine": host, "threads": args.threads, "repeats": args.repeats, "ipc": IPC,
             "dataset": "fashion-mnist", "wall_seconds": round(time.time() - started, 1), "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))

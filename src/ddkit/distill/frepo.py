@@ -379,10 +379,11 @@ class FRePoDistiller(Distiller):
     Raises
     ------
     ConfigError
-        A setting out of range (``num_models``, ``max_online_updates``, ``batch_real``,
-        ``batch_syn`` < 1, ``lr``/``online_lr``/``reg`` ≤ 0), unknown ``optimizer``,
-        ``init`` or ``norm``, ``width``/``depth``/``norm`` changed for a zoo model, or a
-        resume from a checkpoint written with other settings.
+        When the configuration is built: a setting out of range (``num_models``,
+        ``batch_real``, ``batch_syn`` < 1, ``max_online_updates`` < 0,
+        ``lr``/``online_lr``/``reg`` ≤ 0) or an unknown ``optimizer``, ``init`` or ``norm``.
+        At run start: ``width``/``depth``/``norm`` changed for a zoo model, or a resume from
+        a checkpoint written with other settings.
     ModelError
         The network does not fit the images.
     """

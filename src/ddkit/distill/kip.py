@@ -247,8 +247,9 @@ class KIPDistiller(Distiller):
     Raises
     ------
     ConfigError
-        Unknown ``kernel`` or ``init``, ``num_models < 1``, ``reg <= 0``, ``lr <= 0``,
-        or a resume from a checkpoint written with other settings.
+        When the configuration is built: unknown ``kernel`` or ``init``, ``num_models`` or
+        ``batch_real`` < 1, ``reg`` or ``lr`` ≤ 0. At run start: a resume from a checkpoint
+        written with other settings.
     """
 
     name = "kip"
