@@ -254,7 +254,7 @@ def kip_distill_table(args):
     For each repetition ``r`` the diabetes split of the main table is drawn
     (``numpy.random.default_rng([seed, r])``, random 75/25 split: 331 training, 111 test
     rows). For each m in :data:`KIP_SIZES` the training set is distilled to m rows with
-    :func:`ddkit.distill.kip.kip_tabular` (:data:`KIP_SETTINGS`: RBF kernel with the
+    :func:`ddkit.tabular.kip_tabular` (:data:`KIP_SETTINGS`: RBF kernel with the
     median-heuristic bandwidth, λ = 1e-6 trace-scaled ridge, 300 full-batch Adam steps at
     lr 0.01, learned X and y, seed r), and ``WorkingLikelihoodSVR()`` (defaults, X
     standardised in a Pipeline) is fitted on (a) the m distilled rows, (b) m random
@@ -278,7 +278,7 @@ def kip_distill_table(args):
     """
     import torch
 
-    from ddkit.distill.kip import kip_tabular, median_bandwidth, rbf_kernel
+    from ddkit.tabular import kip_tabular, median_bandwidth, rbf_kernel
     from ddkit.spectral.loss import krr_predict_kernel
 
     reps = args.reps if args.reps is not None else 10

@@ -8,8 +8,7 @@ Public API::
     result = ddkit.evaluate(syn, runs=5)
 """
 
-__version__ = "0.1.0"
-
+from ddkit.version import __version__  # noqa: E402
 from ddkit.api import distill  # noqa: E402
 from ddkit.artifact import DistilledSet  # noqa: E402
 from ddkit.data import ImageDataset, load_dataset  # noqa: E402

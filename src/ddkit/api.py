@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 
 from ddkit.artifact import DistilledSet
 from ddkit.data import ImageDataset, load_dataset
-from ddkit.distill import get_method, make_config
+from ddkit.distill import StepEvent, get_method, make_config
 
 
 def distill(
@@ -25,6 +26,8 @@ def distill(
     resume: bool = False,
     progress: bool = True,
     data_root: str | Path | None = None,
+    hook: Callable[[StepEvent], None] | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> DistilledSet:
     """Distil a real dataset with a registered method.
 
@@ -34,10 +37,13 @@ def distill(
         ipc: images per class (1 ≤ IPC ≤ smallest class).
         iterations: override the method's iteration budget (recorded in the result).
         config: method settings overriding its paper defaults (unknown keys are errors).
-        seed, device, checkpoint, resume, progress: see :meth:`Distiller.distill`.
+        seed, device, checkpoint, resume, progress, hook, sample_weights: see
+            :meth:`ddkit.distill.base.Distiller.distill`.
+        data_root: where to look for the data when ``real`` is a name.
 
     Returns:
-        The :class:`DistilledSet` (images float32 N×C×H×W in [0, 1], labels).
+        The :class:`DistilledSet` (images float32 N×C×H×W in [0, 1], labels, the resolved
+        config, the run's record in ``extra``).
 
     Raises:
         DatasetNotFoundError, ConfigError: unknown dataset/method/setting, bad IPC.
@@ -49,5 +55,5 @@ def distill(
     if iterations is not None:
         overrides["iterations"] = iterations
     distiller = cls(make_config(cls, overrides))
-    return distiller.distill(real, ipc, device=device, seed=seed, progress=progress,
-                             checkpoint=checkpoint, resume=resume)
+    return distiller.distill(real, ipc, device=device, seed=seed, progress=progress, checkpoint=checkpoint,
+                             resume=resume, hook=hook, sample_weights=sample_weights)

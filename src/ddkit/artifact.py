@@ -1,20 +1,28 @@
 """``DistilledSet``: the one artifact between distillation and everything downstream.
 
-On disk it is one ``.safetensors`` file (never pickle: loading a distilled set runs no
-code). Tensors: ``images`` float32 N×C×H×W in pixel space [0, 1]; ``labels`` int64 (N,)
-hard labels or float32 N×K soft labels; optional ``lr`` float32 scalar (a learned
-learning rate, MTT); optional ``teacher.<name>`` tensors, the state dict of a teacher
-network shipped with the set (CFM, soft-label evaluation), described by ``teacher_info``
-in the JSON (zoo model name, channels, classes, image size, ...). Metadata (string →
-string): ``ddkit`` holds a JSON object (method, its config, dataset, mean/std, class
-names, IPC, seed, ddkit version, creation time, free-form ``extra``) and ``sha256`` the
-SHA-256 over every tensor (name, dtype, shape, bytes, in name order) and the ``ddkit``
-JSON, so any change to data or metadata is detected on load.
+On disk it is one container file (:mod:`ddkit.io`: safetensors, a JSON header, SHA-256
+over tensors and header, written atomically), format ``ddkit.distilled-set/2``:
+
+* tensors ``images`` float32 N×C×H×W (pixel space, [0, 1]) and ``labels`` (int64 (N,)
+  class indices, or float32 N×K);
+* typed attachments: ``lr`` (float32 scalar, a learned learning rate, MTT) and
+  ``teacher.<name>`` (the state dict of a teacher network shipped with the set, CFM;
+  described by ``teacher_info`` in the header);
+* named extra tensors ``x.<name>`` (:attr:`DistilledSet.tensors`) for what later
+  capabilities attach;
+* the header: method, its (resolved) config, dataset, mean/std, class names, IPC, seed,
+  ``label_kind`` (``hard``, ``probabilities`` or ``regression``: what the labels mean,
+  written by the method), ddkit version, creation time, free-form ``extra``.
+
+Files of format ``ddkit.distilled-set/1`` (ddkit ≤ 0.1.0) still load: they have no
+``label_kind``, which is then derived once, at load, the way 0.1.0's evaluation did
+(1-D labels: hard; N×K rows that are non-negative and sum to 1: probabilities; other N×K:
+regression targets, as KIP/FRePo wrote them). A file of any other format is refused with
+an error naming its format.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field, fields
@@ -22,31 +30,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from ddkit import io
 from ddkit.errors import ArtifactError
-from ddkit.utils import atomic_path
+from ddkit.version import __version__
 
-FORMAT = "ddkit.distilled-set/1"
-
-
-def tensor_digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
-    """SHA-256 (hex) over named tensors (name, dtype, shape, bytes; in name order) and a
-    JSON string: the integrity check of ddkit's safetensors files (distilled sets, teachers)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update(meta_json.encode())
-    return h.hexdigest()
+FORMAT = "ddkit.distilled-set/2"
+FORMAT_V1 = "ddkit.distilled-set/1"
+LABEL_KINDS = ("hard", "probabilities", "regression")
+_TENSOR_FIELDS = ("images", "labels", "lr", "teacher", "tensors")
 
 
 def _version() -> str:
-    from ddkit import __version__
-
     return __version__
+
+
+def legacy_label_kind(labels: torch.Tensor) -> str:
+    """What 0.1.0 assumed labels meant (used only for ``ddkit.distilled-set/1`` files).
+
+    1-D: ``hard``; N×K with every entry ≥ 0 and rows summing to 1 (± 1e-3):
+    ``probabilities``; any other N×K: ``regression`` (KIP/FRePo learned targets).
+    """
+    if labels.dim() != 2:
+        return "hard"
+    if bool((labels >= 0).all()) and torch.allclose(labels.sum(1), torch.ones(len(labels)), atol=1e-3):
+        return "probabilities"
+    return "regression"
 
 
 @dataclass
@@ -55,12 +64,16 @@ class DistilledSet:
 
     Attributes:
         images: float32 N×C×H×W, pixel space [0, 1].
-        labels: int64 (N,) class indices, or float32 N×K soft labels.
+        labels: int64 (N,) class indices, or float32 N×K (see ``label_kind``).
         method: the distillation method's registry name.
         dataset: the source dataset's registry name.
         mean, std: the source dataset's per-channel normalisation (pixel units).
         class_names: K names. ipc: images per class. seed: the distillation seed.
-        config: the method's configuration (JSON-serialisable).
+        config: the method's resolved configuration (JSON-serialisable).
+        label_kind: ``hard`` (int64 (N,)), ``probabilities`` (float32 N×K, rows are
+            distributions; trained on with cross-entropy) or ``regression`` (float32 N×K
+            regression targets, e.g. KIP/FRePo learned labels; trained on with MSE).
+            ``None`` at construction means ``hard`` for 1-D labels and is an error for N×K.
         lr: optional learned learning rate (float32 scalar tensor, MTT).
         extra: free-form JSON metadata (budget, timings, ...).
         version, created: ddkit version and ISO-8601 UTC time of creation.
@@ -68,6 +81,10 @@ class DistilledSet:
             the set for soft-label evaluation (CFM); stored as ``teacher.<name>`` tensors.
         teacher_info: JSON description of the teacher (``model``: zoo name, ``channels``,
             ``num_classes``, ``image_size``, ...); present exactly when ``teacher`` is.
+        tensors: named extra tensors (name → tensor), stored as ``x.<name>``.
+
+    Raises:
+        ArtifactError: on construction, when :meth:`validate` fails.
     """
 
     images: torch.Tensor
@@ -86,6 +103,8 @@ class DistilledSet:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     teacher: dict[str, torch.Tensor] | None = None
     teacher_info: dict[str, Any] | None = None
+    label_kind: str | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.images = self.images.detach().to("cpu", torch.float32).contiguous()
@@ -94,6 +113,9 @@ class DistilledSet:
             self.lr = torch.as_tensor(self.lr, dtype=torch.float32).detach().cpu().reshape(())
         if self.teacher is not None:
             self.teacher = {str(k): v.detach().cpu().contiguous() for k, v in self.teacher.items()}
+        self.tensors = {str(k): v.detach().cpu().contiguous() for k, v in (self.tensors or {}).items()}
+        if self.label_kind is None and self.labels.dim() == 1:
+            self.label_kind = "hard"
         self.validate()
 
     @property
@@ -107,10 +129,11 @@ class DistilledSet:
 
     @property
     def soft_labels(self) -> bool:
+        """Whether the labels are N×K (probabilities or regression targets)."""
         return self.labels.dim() == 2
 
     def hard_labels(self) -> torch.Tensor:
-        """int64 (N,) labels (argmax of soft labels)."""
+        """int64 (N,) labels (argmax of N×K labels)."""
         return self.labels.argmax(1) if self.soft_labels else self.labels
 
     def normalized_images(self) -> torch.Tensor:
@@ -120,7 +143,7 @@ class DistilledSet:
         return (self.images - mean) / std
 
     def validate(self) -> None:
-        """Check shapes, dtypes, value range and finiteness.
+        """Check shapes, dtypes, value range, finiteness and the label kind.
 
         Raises:
             ArtifactError: naming the first problem found.
@@ -141,11 +164,16 @@ class DistilledSet:
                 raise ArtifactError(f"hard labels must be int64, got {y.dtype}")
             if y.numel() and (y.min() < 0 or y.max() >= k):
                 raise ArtifactError(f"labels must be in 0..{k - 1}")
+            if self.label_kind != "hard":
+                raise ArtifactError(f"1-D labels are hard labels, but label_kind is {self.label_kind!r}")
         elif y.dim() == 2:
             if y.dtype != torch.float32 or y.shape[1] != k:
                 raise ArtifactError(f"soft labels must be float32 N×{k}, got {y.dtype} {tuple(y.shape)}")
             if not torch.isfinite(y).all():
                 raise ArtifactError("soft labels contain NaN or infinite values")
+            if self.label_kind not in ("probabilities", "regression"):
+                raise ArtifactError(f"N×K labels need label_kind 'probabilities' or 'regression', got "
+                                    f"{self.label_kind!r}")
         else:
             raise ArtifactError(f"labels must be (N,) or N×K, got shape {tuple(y.shape)}")
         if len(self.mean) != x.shape[1] or len(self.std) != x.shape[1]:
@@ -158,6 +186,9 @@ class DistilledSet:
             for name, t in self.teacher.items():
                 if not isinstance(t, torch.Tensor) or (t.is_floating_point() and not torch.isfinite(t).all()):
                     raise ArtifactError(f"teacher tensor {name!r} is not a finite tensor")
+        for name, t in self.tensors.items():
+            if not isinstance(t, torch.Tensor) or not name:
+                raise ArtifactError(f"extra tensor {name!r} is not a named tensor")
 
     # ------------------------------------------------------------------ file format
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -166,19 +197,18 @@ class DistilledSet:
             t["lr"] = self.lr
         for name, v in (self.teacher or {}).items():
             t[f"teacher.{name}"] = v
+        for name, v in self.tensors.items():
+            t[f"x.{name}"] = v
         return t
 
     def _meta(self) -> dict[str, Any]:
-        meta = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("images", "labels", "lr", "teacher")}
-        meta = json.loads(json.dumps(meta))  # a plain JSON copy, as asdict made before
+        """The JSON header (without ``format``): every non-tensor field."""
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TENSOR_FIELDS}
+        meta = json.loads(json.dumps(meta))  # a plain JSON copy
         if self.teacher_info is None:
-            meta.pop("teacher_info")  # files without a teacher keep their exact old layout
-        meta["format"] = FORMAT
+            meta.pop("teacher_info")
         meta["mean"], meta["std"] = list(self.mean), list(self.std)
         return meta
-
-    _digest = staticmethod(tensor_digest)
 
     def save(self, path: str | Path) -> Path:
         """Write the set to ``path`` (``.safetensors``) atomically; return the path.
@@ -188,50 +218,36 @@ class DistilledSet:
             OutputError: the destination cannot be written.
         """
         self.validate()
-        tensors = self._tensors()
-        meta_json = json.dumps(self._meta(), sort_keys=True)
-        digest = self._digest(tensors, meta_json)
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"ddkit": meta_json, "sha256": digest})
-        return Path(path)
+        return io.write(path, self._tensors(), self._meta(), fmt=FORMAT)
 
     @classmethod
     def load(cls, path: str | Path) -> DistilledSet:
-        """Read and verify a distilled set written by :meth:`save`.
+        """Read and verify a distilled set written by :meth:`save` (formats /2 and /1).
 
         Raises:
             ArtifactError: the file is missing, not a safetensors file, not a ddkit
-                distilled set, its hash does not match (tampered or corrupt), or its
-                contents are invalid.
+                distilled set, of an unknown format version, its hash does not match
+                (tampered or corrupt), or its contents are invalid.
         """
         p = Path(path)
-        if not p.is_file():
-            raise ArtifactError(f"{str(p)!r} does not exist or is not a file")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(p), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(p))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise ArtifactError(f"{str(p)!r} is not a distilled set (not a safetensors file: "
-                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-        if "ddkit" not in meta or "sha256" not in meta:
-            raise ArtifactError(f"{str(p)!r} is a safetensors file but not a ddkit distilled set")
-        plain = {k for k in tensors if not k.startswith("teacher.")}
+        tensors, info = io.read(p, (FORMAT, FORMAT_V1), what="distilled set")
+        fmt = info.pop("format")
+        plain = {k for k in tensors if not k.startswith(("teacher.", "x."))}
         if plain - {"images", "labels", "lr"} or not {"images", "labels"} <= plain:
             raise ArtifactError(f"{str(p)!r} has unexpected tensors {sorted(tensors)}")
-        if cls._digest(tensors, meta["ddkit"]) != meta["sha256"]:
-            raise ArtifactError(f"{str(p)!r} failed its SHA-256 check: the file was modified or is corrupt")
         try:
-            info = json.loads(meta["ddkit"])
-            if info.pop("format", None) != FORMAT:
-                raise ArtifactError(f"{str(p)!r}: unknown distilled-set format")
             info["mean"], info["std"] = tuple(info["mean"]), tuple(info["std"])
             teacher = {k[len("teacher."):]: v for k, v in tensors.items() if k.startswith("teacher.")} or None
+            extra_t = {k[len("x."):]: v for k, v in tensors.items() if k.startswith("x.")}
             if (teacher is None) != (info.get("teacher_info") is None):
                 raise ArtifactError(f"{str(p)!r}: teacher tensors and teacher_info do not go together")
+            if fmt == FORMAT_V1:
+                info["label_kind"] = legacy_label_kind(tensors["labels"])
+            known = {f.name for f in fields(cls)} - set(_TENSOR_FIELDS)
+            unknown = set(info) - known
+            if unknown:
+                raise ArtifactError(f"{str(p)!r} has unknown header fields {sorted(unknown)}")
             return cls(images=tensors["images"], labels=tensors["labels"], lr=tensors.get("lr"), teacher=teacher,
-                       **info)
-        except (TypeError, KeyError, json.JSONDecodeError) as exc:
+                       tensors=extra_t, **info)
+        except (TypeError, KeyError) as exc:
             raise ArtifactError(f"{str(p)!r} has malformed metadata ({exc})") from None

@@ -26,6 +26,15 @@ err = Console(stderr=True)
 RUN_KEYS = {"dataset", "method", "ipc", "iterations", "seed"}
 
 
+def _methods_help() -> str:
+    from ddkit.distill import list_methods
+
+    return "One of: " + ", ".join(list_methods()) + " (mtt needs --set buffer=DIR)."
+
+
+_METHODS_HELP = _methods_help()
+
+
 def _cli_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -92,8 +101,7 @@ def datasets(data_root: Annotated[Path | None, typer.Option(help="Folder searche
 def distill(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")],
     dataset: Annotated[str | None, typer.Option(help="Dataset name (see `ddkit datasets`).")] = None,
-    method: Annotated[str | None, typer.Option(
-        help="random, herding, dm, dc, dsa, kip, frepo, mtt (needs --set buffer=DIR), cfm, spectral.")] = None,
+    method: Annotated[str | None, typer.Option(help=_METHODS_HELP)] = None,
     ipc: Annotated[int | None, typer.Option(help="Images per class.")] = None,
     iterations: Annotated[int | None, typer.Option(help="Override the method's iteration budget.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,

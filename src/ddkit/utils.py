@@ -50,6 +50,19 @@ def set_seed(seed: int) -> torch.Generator:
     return g
 
 
+def iteration_generator(seed: int, iteration: int) -> torch.Generator:
+    """A CPU generator for one iteration of a seeded loop, derived from (seed, iteration).
+
+    Seeding each iteration from the pair makes a resumed run draw exactly what an
+    unbroken run draws, with no RNG state to save. Also reseeds torch's global RNG (used
+    by ``nn.Module`` initialisation and kornia) from the same pair. Negative iterations
+    are used for one-off draws before a loop (initialisation: -1, teacher: -2, ...).
+    """
+    s = (int(seed) * 1_000_003 + int(iteration) * 7_919 + 12_345) % (2**63 - 1)
+    torch.manual_seed(s)
+    return torch.Generator().manual_seed(s)
+
+
 def check_writable(path: str | Path) -> Path:
     """Check that ``path`` can be created (its folder exists or can be made, and is writable).
 

@@ -15,16 +15,19 @@ are faster to build and, per the MTT README, give worse but usable results);
 ``train_subset`` (default ``None`` = the whole training set, as in the paper) trains the
 experts on that many images per class, for small buffers on a CPU.
 
-Buffer directory layout (``FORMAT = "ddkit.expert-buffer/1"``)::
+Buffer directory layout (``FORMAT = "ddkit.expert-buffer/2"``)::
 
     manifest.json                 the settings below, as JSON (written atomically)
-    expert_0000.safetensors       tensor "trajectory": float32 (e+1)×P, row j = the P
-    expert_0001.safetensors       parameters after epoch j, flattened in
-    ...                           ``named_parameters()`` order; metadata "ddkit": JSON with
-                                  the expert index, epochs_done e, per-epoch mean training
-                                  loss, and the manifest digest
+    expert_0000.safetensors       a :mod:`ddkit.io` container (``ddkit.expert/2``, SHA-256):
+    expert_0001.safetensors       tensor "trajectory": float32 (e+1)×P, row j = the P
+    ...                           parameters after epoch j, flattened in
+                                  ``named_parameters()`` order; header: the expert index,
+                                  epochs_done e, per-epoch mean training loss, and the
+                                  manifest digest
 
-Every file is written atomically (temporary file + rename). Each epoch's random draws
+Every file is written atomically (temporary file + rename); every expert file's hash is
+checked when a buffer is opened. Buffers of format ``ddkit.expert-buffer/1`` (ddkit 0.1.0,
+expert files without a hash) are still read, unverified; they cannot be extended. Each epoch's random draws
 (shuffling, augmentation) come from a generator seeded by (seed, expert, epoch) and the
 initialisation from (seed, expert), so re-running the same command resumes exactly: finished
 experts are skipped and a partly trained expert continues from its last stored epoch with
@@ -42,9 +45,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from ddkit import io
 from ddkit.augment import DEFAULT_STRATEGY, DSA, DSAConfig
 from ddkit.data import ImageDataset
 from ddkit.errors import ArtifactError, ConfigError
@@ -55,7 +58,9 @@ from ddkit.utils import atomic_path, check_writable, resolve_device
 
 __all__ = ["FORMAT", "ExpertBuffer", "expert_generator", "train_experts"]
 
-FORMAT = "ddkit.expert-buffer/1"
+FORMAT = "ddkit.expert-buffer/2"
+FORMAT_V1 = "ddkit.expert-buffer/1"
+EXPERT_FORMAT = "ddkit.expert/2"
 MANIFEST = "manifest.json"
 # settings recorded for provenance only; they may differ between runs on one buffer
 _PROVENANCE_KEYS = ("ddkit_version", "experts_requested", "device")
@@ -91,31 +96,28 @@ def _read_manifest(root: Path) -> dict[str, Any]:
                           f"`ddkit buffer DATASET --out {root}`") from None
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"expert buffer manifest {str(path)!r} cannot be read: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ArtifactError(f"{str(path)!r} is not a ddkit expert-buffer manifest (format {FORMAT})")
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_V1):
+        raise ArtifactError(f"{str(path)!r} is not a ddkit expert-buffer manifest (format {FORMAT} or {FORMAT_V1})")
     return data
 
 
 def _read_expert(path: Path, digest: str, num_params: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The stored trajectory (e+1)×P and the file's info; refuses another buffer's file."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            info = json.loads((f.metadata() or {})["ddkit"])
-            traj = f.get_tensor("trajectory")
-    except Exception as exc:  # any unreadable file is one clear error
-        raise ArtifactError(f"expert file {str(path)!r} cannot be read: {exc}") from None
+    """The stored trajectory (e+1)×P and the file's header, hash-checked; refuses another buffer's file."""
+    tensors, info = io.read(path, (EXPERT_FORMAT,), what="expert file")
+    traj = tensors.get("trajectory")
     if info.get("digest") != digest:
         raise ConfigError(f"expert file {str(path)!r} belongs to a buffer with other settings; "
                           f"delete it or use another --out folder")
-    if traj.dim() != 2 or traj.shape[1] != num_params or traj.shape[0] != int(info.get("epochs_done", -1)) + 1:
-        raise ArtifactError(f"expert file {str(path)!r} has a trajectory of shape {tuple(traj.shape)}, "
+    if traj is None or traj.dim() != 2 or traj.shape[1] != num_params \
+            or traj.shape[0] != int(info.get("epochs_done", -1)) + 1:
+        shape = None if traj is None else tuple(traj.shape)
+        raise ArtifactError(f"expert file {str(path)!r} has a trajectory of shape {shape}, "
                             f"expected (epochs_done+1)×{num_params}")
     return traj, info
 
 
 def _write_expert(path: Path, traj: torch.Tensor, info: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        save_file({"trajectory": traj.contiguous()}, str(tmp), metadata={"ddkit": json.dumps(info, sort_keys=True)})
+    io.write(path, {"trajectory": traj}, info, fmt=EXPERT_FORMAT)
 
 
 def _train_one_epoch(net, x, y, cfg: TrainConfig, aug: DSA | None, g: torch.Generator) -> float:
@@ -279,14 +281,20 @@ class ExpertBuffer:
             raise ArtifactError(f"expert buffer manifest in {str(self.root)!r} lacks {exc}") from None
         self.digest = _digest(self.settings)
         self.experts: list[_Expert] = []
+        legacy = self.settings.get("format") == FORMAT_V1
         for path in sorted(self.root.glob("expert_*.safetensors")):
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    info = json.loads((f.metadata() or {})["ddkit"])
-                    shape = f.get_slice("trajectory").get_shape()
-            except Exception as exc:
-                raise ArtifactError(f"expert file {str(path)!r} cannot be read: {exc}") from None
-            if info.get("digest") != self.digest:
+            if legacy:
+                try:
+                    with safe_open(str(path), framework="pt") as f:
+                        info = json.loads((f.metadata() or {})["ddkit"])
+                        shape = list(f.get_slice("trajectory").get_shape())
+                except Exception as exc:
+                    raise ArtifactError(f"expert file {str(path)!r} cannot be read: {exc}") from None
+            else:
+                traj, info = _read_expert(path, self.digest, self.num_params)
+                shape = list(traj.shape)
+                del traj
+            if info.get("digest") != self.digest:  # (checked by _read_expert for current buffers)
                 raise ArtifactError(f"expert file {str(path)!r} was written with other settings than "
                                     f"{str(self.root / MANIFEST)!r}")
             if list(shape) != [int(info["epochs_done"]) + 1, self.num_params]:

@@ -9,31 +9,40 @@ shared training loop.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from pydantic import NonNegativeInt
 
-from ddkit.artifact import DistilledSet
-from ddkit.data import ImageDataset
-from ddkit.distill.base import Distiller, MethodConfig, register, sample_per_class
-from ddkit.models import get_model
+from ddkit.distill.base import Distiller, LoopState, MethodConfig, RunContext, SetParts, register, sample_per_class
 from ddkit.train import TrainConfig, train_model
 from ddkit.utils import set_seed
 
 
+class _Selection(Distiller):
+    """A coreset method: ``select`` picks real images; no loop, no checkpoints."""
+
+    iterative = False
+
+    def select(self, ctx: RunContext) -> torch.Tensor:
+        """int64 indices into the real set, class-major, IPC per class."""
+        raise NotImplementedError
+
+    def init_state(self, ctx: RunContext) -> LoopState:
+        return LoopState(tensors={"indices": self.select(ctx)})
+
+    def finish(self, state: LoopState, ctx: RunContext) -> SetParts:
+        idx = state.tensors["indices"]
+        return SetParts(ctx.real.float_images(idx), ctx.real.labels[idx], "hard",
+                        extra={"source_indices": idx.tolist()}, pixel=True)
+
+
 @register
-class RandomDistiller(Distiller):
+class RandomDistiller(_Selection):
     """IPC real images per class, uniformly at random (seeded)."""
 
     name = "random"
 
-    def run(self, real: ImageDataset, ipc: int, *, device, seed, progress, checkpoint: Path | None,
-            resume) -> DistilledSet:
-        g = set_seed(seed)
-        idx = sample_per_class(real.class_indices(), ipc, g)
-        return self.make_set(real, real.float_images(idx), real.labels[idx], ipc, seed,
-                             source_indices=idx.tolist())
+    def select(self, ctx: RunContext) -> torch.Tensor:
+        return sample_per_class(ctx.real.class_indices(), ctx.ipc, set_seed(ctx.seed))
 
 
 class HerdingConfig(MethodConfig):
@@ -67,18 +76,17 @@ def herding_select(features: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @register
-class HerdingDistiller(Distiller):
+class HerdingDistiller(_Selection):
     """Herding selection on features of a ConvNet trained on the real data."""
 
     name = "herding"
     Config = HerdingConfig
 
-    def run(self, real: ImageDataset, ipc: int, *, device, seed, progress, checkpoint, resume
-            ) -> DistilledSet:
-        cfg: HerdingConfig = self.config  # type: ignore[assignment]
-        g = set_seed(seed)
-        train = real.per_class_subset(cfg.feature_per_class, seed) if cfg.feature_per_class else real
-        net = get_model(cfg.model, real.channels, real.num_classes, real.image_size[0]).to(device)
+    def select(self, ctx: RunContext) -> torch.Tensor:
+        cfg, real, device = ctx.config, ctx.real, ctx.device
+        g = set_seed(ctx.seed)
+        train = real.per_class_subset(cfg.feature_per_class, ctx.seed) if cfg.feature_per_class else real
+        net = ctx.new_model(cfg.model)
         x = real.normalize(train.float_images()).to(device)
         train_model(net, x, train.labels.to(device), TrainConfig(epochs=cfg.feature_epochs), generator=g)
         net.eval()
@@ -87,7 +95,5 @@ class HerdingDistiller(Distiller):
             for ix in real.class_indices():
                 feats = torch.cat([net.embed(real.normalize(real.float_images(ix[s:s + 1000])).to(device))
                                    for s in range(0, ix.numel(), 1000)])
-                picks.append(ix[herding_select(feats.double(), ipc).cpu()])
-        idx = torch.cat(picks)
-        return self.make_set(real, real.float_images(idx), real.labels[idx], ipc, seed,
-                             source_indices=idx.tolist())
+                picks.append(ix[herding_select(feats.double(), ctx.ipc).cpu()])
+        return torch.cat(picks)

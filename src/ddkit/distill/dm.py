@@ -13,19 +13,19 @@ images in another; per-class means come from a reshape. With per-sample normalis
 batch norm it is not, so models containing batch norm fall back to per-class passes.
 Classes smaller than ``batch_real`` are sampled with replacement. The real
 branch runs without autograd (its embedding is a constant of the loss).
+
+Per-sample weights (``distill(..., sample_weights=w)``, not in the paper; for remedies of
+biased data): each class's real mean becomes the weighted mean Σ_i w_i ψ(x_i) / Σ_i w_i over
+that class's sampled batch; without weights the loss is the paper's.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from ddkit.artifact import DistilledSet
 from ddkit.augment import DSA
-from ddkit.data import ImageDataset
-from ddkit.distill.base import Distiller, register
-from ddkit.distill.feature_matching import EmbeddingMatchingConfig, run_feature_matching
+from ddkit.distill.base import register
+from ddkit.distill.feature_matching import EmbeddingMatchingConfig, EmbeddingMatchingDistiller
 
 
 class DMConfig(EmbeddingMatchingConfig):
@@ -34,7 +34,8 @@ class DMConfig(EmbeddingMatchingConfig):
 
 
 def dm_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
-            dsa: DSA | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+            dsa: DSA | None = None, generator: torch.Generator | None = None,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
     """DM loss over all classes, batched.
 
     Args:
@@ -42,6 +43,7 @@ def dm_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
         real: (K·B)×C×H×W standardised real images, class-major (B per class).
         syn: (K·S)×C×H×W standardised synthetic images, class-major (S per class).
         num_classes: K. dsa: siamese augmentation (one draw per class) or ``None``.
+        weights: optional (K·B,) non-negative weights of the real images (weighted class means).
 
     Returns:
         Scalar Σ_c ‖mean ψ(real_c) − mean ψ(syn_c)‖² (gradient flows to ``syn`` only).
@@ -53,13 +55,19 @@ def dm_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
         real = dsa.apply(real, draw, torch.arange(k).repeat_interleave(b))
         syn = dsa.apply(syn, draw, torch.arange(k).repeat_interleave(s))
     with torch.no_grad():
-        mu_real = embed(real).reshape(k, b, -1).mean(1)
+        h = embed(real).reshape(k, b, -1)
+        if weights is None:
+            mu_real = h.mean(1)
+        else:
+            w = weights.to(h.dtype).reshape(k, b, 1)
+            mu_real = (h * w).sum(1) / w.sum(1)
     mu_syn = embed(syn).reshape(k, s, -1).mean(1)
     return ((mu_real - mu_syn) ** 2).sum()
 
 
 def dm_loss_per_class(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
-                      dsa: DSA | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                      dsa: DSA | None = None, generator: torch.Generator | None = None,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """The same loss computed class by class, as the reference code does (for tests and
     for batch-norm feature maps, whose statistics depend on the batch)."""
     k = num_classes
@@ -72,22 +80,24 @@ def dm_loss_per_class(embed, real: torch.Tensor, syn: torch.Tensor, num_classes:
             r = dsa.apply(r, draw, torch.full((b,), c))
             y = dsa.apply(y, draw, torch.full((s,), c))
         with torch.no_grad():
-            mr = embed(r).mean(0)
+            h = embed(r)
+            if weights is None:
+                mr = h.mean(0)
+            else:
+                w = weights[c * b:(c + 1) * b].to(h.dtype)[:, None]
+                mr = (h * w).sum(0) / w.sum()
         loss = loss + ((mr - embed(y).mean(0)) ** 2).sum()
     return loss
 
 
 @register
-class DMDistiller(Distiller):
+class DMDistiller(EmbeddingMatchingDistiller):
     """Distribution matching (DM). See the module docstring for the algorithm."""
 
     name = "dm"
     Config = DMConfig
+    supports_sample_weights = True
 
-    def run(self, real: ImageDataset, ipc: int, *, device, seed, progress, checkpoint: Path | None,
-            resume) -> DistilledSet:
-        def loss(embed, real_x, syn, k, dsa, g, per_class):
-            return (dm_loss_per_class if per_class else dm_loss)(embed, real_x, syn, k, dsa, g)
-
-        return run_feature_matching(self, real, ipc, loss, device=device, seed=seed, progress=progress,
-                                    checkpoint=checkpoint, resume=resume, title=f"dm ipc={ipc}")
+    def matching_loss(self, ctx, embed, real, syn, dsa, generator, per_class, weights):
+        loss = dm_loss_per_class if per_class else dm_loss
+        return loss(embed, real, syn, ctx.num_classes, dsa, generator, weights)

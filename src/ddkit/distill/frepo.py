@@ -75,8 +75,6 @@ project's protocol (zoo ConvNet, SGD) differs; see ``docs/frepo.md``.
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -84,26 +82,24 @@ import torch.nn as nn
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor
 
-from ddkit.artifact import DistilledSet
-from ddkit.data import ImageDataset
 from ddkit.distill.base import (
-    Checkpoint,
     Distiller,
+    LoopState,
     MethodConfig,
-    adam_state_tensors,
+    RunContext,
+    SetParts,
     initial_synthetic,
     iteration_generator,
     register,
-    restore_adam_state,
 )
-from ddkit.distill.kip import centred_one_hot
-from ddkit.errors import ConfigError, DDKitError, ModelError
-from ddkit.models import get_model
-from ddkit.progress import LoopProgress
-from ddkit.spectral.loss import krr_predict_kernel
+from ddkit.errors import ConfigError, DDKitError
+from ddkit.optim import Lamb
+from ddkit.spectral.loss import trace_ridge_krr
+from ddkit.spectral.stats import centred_one_hot
+from ddkit.train import TrainConfig, train_model
 
-__all__ = ["FRePoConfig", "FRePoConvNet", "FRePoDistiller", "Lamb", "PoolMember", "cosine_lr", "frepo_krr_predict",
-           "frepo_loss", "label_margin_loss", "make_frepo_network", "online_step"]
+__all__ = ["FRePoConfig", "FRePoDistiller", "cosine_lr", "frepo_krr_predict", "frepo_loss", "label_margin_loss",
+           "make_frepo_network"]
 
 FREPO_MODEL = "frepo-conv"
 FLIP_DATASETS = ("cifar10", "cifar100")
@@ -116,7 +112,7 @@ class FRePoConfig(MethodConfig):
     checkpoint_every: NonNegativeInt = 1000
     batch_real: PositiveInt = 1024
     optimizer: Literal["lamb", "adam"] = "lamb"  # "lamb" (paper/JAX code) or "adam" (PyTorch port)
-    lr: PositiveFloat = 3e-4  # images and labels; cosine decay to 0.1 × lr
+    lr_img: PositiveFloat = 3e-4  # images and labels; cosine decay to 0.1 × lr_img
     lr_decay_steps: NonNegativeInt = 0  # horizon of the cosine decay; 0 = iterations
     reg: PositiveFloat = 1e-6  # λ; ridge = λ · tr(K_ss) / n_s
     learn_labels: bool = True
@@ -134,71 +130,18 @@ class FRePoConfig(MethodConfig):
 
 
 # --------------------------------------------------------------------------- network
-class FRePoConvNet(nn.Module):
-    """FRePo's ``conv`` network (the authors' ``lib/models`` ``Conv``), in PyTorch.
-
-    ``depth`` blocks; block ``i``: [norm (i ≥ 1)] → Conv3×3(``width·2^i``, bias) → ReLU →
-    AvgPool 2×2. The first conv pads by 3 for 1-channel input, by 1 otherwise. Then a linear
-    classifier on the flattened features.
-
-    Args:
-        channels: C. num_classes: K. image_size: H (= W) in pixels.
-        width: channels of the first block (128). depth: blocks (3).
-        norm: ``"batch"`` (BatchNorm2d, eps 1e-5, momentum 0.9 = flax's 0.1) or ``"none"``.
-
-    Input N×C×H×W float32 (standardised); ``embed`` → N×D features with
-    D = width·2^(depth−1)·(H'/2^depth)², H' = H + 4 for 1-channel input, H otherwise;
-    ``forward`` → N×K logits. Weights: truncated LeCun normal (flax's default), biases 0.
-
-    Raises:
-        ModelError: unknown ``norm``, width/depth < 1, or the image is too small.
-    """
-
-    def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 128, depth: int = 3,
-                 norm: str = "batch"):
-        super().__init__()
-        if norm not in ("batch", "none"):
-            raise ModelError(f"frepo-conv norm must be 'batch' or 'none', got {norm!r}")
-        if width < 1 or depth < 1:
-            raise ModelError(f"frepo-conv needs width ≥ 1 and depth ≥ 1, got {width}, {depth}")
-        pad0 = 3 if channels == 1 else 1
-        size = image_size + 2 * pad0 - 2
-        layers: list[nn.Module] = []
-        c_in = channels
-        for i in range(depth):
-            if i > 0 and norm == "batch":
-                layers.append(nn.BatchNorm2d(c_in, eps=1e-5, momentum=0.9))
-            c_out = width * 2 ** i
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=pad0 if i == 0 else 1), nn.ReLU(), nn.AvgPool2d(2, 2)]
-            size //= 2  # padding 1 keeps the size through later convs; the pool halves it
-            c_in = c_out
-        if size < 1:
-            raise ModelError(f"frepo-conv depth {depth} is too deep for {image_size}×{image_size} images")
-        self.features = nn.Sequential(*layers)
-        self.feature_dim = c_in * size * size
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-        for mod in self.modules():
-            if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                fan_in = mod.weight[0].numel()
-                std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # flax variance_scaling, truncated
-                nn.init.trunc_normal_(mod.weight, std=std, a=-2 * std, b=2 * std)
-                nn.init.zeros_(mod.bias)
-
-    def embed(self, x: Tensor) -> Tensor:
-        return torch.flatten(self.features(x), 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.embed(x))
-
-
 def make_frepo_network(cfg: FRePoConfig, channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """A freshly initialised pool network: :class:`FRePoConvNet` or a zoo model (train mode).
+    """A freshly initialised pool network (train mode): the zoo's ``frepo-conv``
+    (:class:`ddkit.models.zoo.FRePoConvNet`) with ``width``/``depth``/``norm``, or any zoo model.
 
     Raises:
         ModelError: the network does not fit the images.
     """
+    from ddkit.models import get_model
+
     if cfg.model == FREPO_MODEL:
-        return FRePoConvNet(channels, num_classes, image_size, cfg.width, cfg.depth, cfg.norm)
+        return get_model(FREPO_MODEL, channels, num_classes, image_size, width=cfg.width, depth=cfg.depth,
+                         norm=cfg.norm)
     return get_model(cfg.model, channels, num_classes, image_size)
 
 
@@ -233,23 +176,11 @@ def frepo_krr_predict(h_support: Tensor, y_support: Tensor, h_target: Tensor, re
     DDKitError
         Shapes disagree.
     """
-    if not reg > 0:
-        raise ConfigError(f"FRePo reg must be > 0, got {reg!r}")
     if h_support.dim() != 2 or h_target.dim() != 2 or h_support.shape[1] != h_target.shape[1]:
         raise DDKitError(f"frepo_krr_predict needs H_s n_s×d and H_t n_t×d, got {tuple(h_support.shape)} "
                          f"and {tuple(h_target.shape)}")
     hs, ht = h_support.double(), h_target.double()
-    n = hs.shape[0]
-    k_ss = hs @ hs.mT
-    k_ts = ht @ hs.mT
-    ridge = float(reg) * torch.diagonal(k_ss).sum() / n
-    if not float(ridge.detach()) > 0:
-        raise ConfigError("FRePo support features are all zero (the kernel's trace is 0)")
-    # krr_predict_kernel takes the ridge as a number; its dependence on H_s (through the
-    # trace) is kept in the graph by a zero-valued term, as the code differentiates it.
-    eye = torch.eye(n, dtype=torch.float64, device=k_ss.device)
-    k_ss = k_ss + (ridge - ridge.detach()) * eye
-    return krr_predict_kernel(k_ts, k_ss, y_support.double(), float(ridge.detach()))
+    return trace_ridge_krr(ht @ hs.mT, hs @ hs.mT, y_support.double(), reg)
 
 
 def frepo_loss(pred: Tensor, y_target: Tensor) -> Tensor:
@@ -277,93 +208,6 @@ def cosine_lr(base: float, step: int, horizon: int, alpha: float = 0.1) -> float
     return base * (alpha + (1 - alpha) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-class Lamb(torch.optim.Optimizer):
-    """LAMB with ``optax.lamb`` semantics (You et al., ICLR 2020), no weight decay.
-
-    Per tensor ``p``: Adam moments ``m, v`` with bias correction, ``u = m̂ / (√v̂ + ε)``, then
-    ``p ← p − lr · r · u`` with the trust ratio ``r = ‖p‖ / ‖u‖`` (``r = 1`` when either norm
-    is 0). State per tensor: ``step`` (float32 scalar tensor), ``exp_avg``, ``exp_avg_sq`` —
-    the same keys as ``torch.optim.Adam``.
-    """
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = torch.tensor(0.0)
-                    st["exp_avg"] = torch.zeros_like(p)
-                    st["exp_avg_sq"] = torch.zeros_like(p)
-                st["step"] += 1
-                k = float(st["step"])
-                st["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
-                st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                u = (st["exp_avg"] / (1 - b1 ** k)) / ((st["exp_avg_sq"] / (1 - b2 ** k)).sqrt() + group["eps"])
-                p_norm, u_norm = p.norm(), u.norm()
-                ratio = torch.where((p_norm > 0) & (u_norm > 0), p_norm / u_norm.clamp_min(1e-30),
-                                    torch.ones_like(p_norm))
-                p.add_(u * ratio, alpha=-group["lr"])
-        return None
-
-
-# --------------------------------------------------------------------------- the pool
-class PoolMember:
-    """One network of FRePo's model pool with its online Adam optimiser and age (steps)."""
-
-    def __init__(self, net: nn.Module, lr: float, age: int):
-        self.net = net
-        self.opt = torch.optim.Adam(net.parameters(), lr=lr)
-        self.age = age
-
-    def features(self, x: Tensor) -> Tensor:
-        """Penultimate features of ``x`` (N×C×H×W) with the network frozen, in eval mode."""
-        self.net.eval()
-        return self.net.embed(x)
-
-    def state_tensors(self, prefix: str) -> dict[str, Tensor]:
-        out = {f"{prefix}.net.{k}": v for k, v in self.net.state_dict().items()}
-        for j, p in enumerate(self.net.parameters()):
-            out.update(adam_state_tensors(self.opt, p, f"{prefix}.adam{j}"))
-        return out
-
-    def load_tensors(self, tensors: dict[str, Tensor], prefix: str, device: torch.device) -> None:
-        sd = {k[len(prefix) + 5:]: v.to(device) for k, v in tensors.items() if k.startswith(f"{prefix}.net.")}
-        self.net.load_state_dict(sd)
-        for j, p in enumerate(self.net.parameters()):
-            restore_adam_state(self.opt, p, tensors, f"{prefix}.adam{j}")
-
-
-def online_step(member: PoolMember, x_syn: Tensor, y_syn: Tensor, batch: int, generator: torch.Generator) -> float:
-    """One online training step of a pool network on the distilled set (code ``train_step``).
-
-    Loss ``mean ½‖f(x) − y‖²`` over ``min(N, batch)`` distilled images drawn without
-    replacement with ``generator`` (all of them, in order, when N ≤ batch); train mode
-    (batch norm uses batch statistics and updates its running ones); one Adam step; age + 1.
-    ``x_syn`` N×C×H×W and ``y_syn`` N×K are detached. Returns the loss value.
-    """
-    n = x_syn.shape[0]
-    if n > batch:
-        pick = torch.randperm(n, generator=generator)[:batch].to(x_syn.device)
-        x_syn, y_syn = x_syn[pick], y_syn[pick]
-    net = member.net
-    net.train()
-    for p in net.parameters():
-        p.requires_grad_(True)
-    loss = frepo_loss(net(x_syn), y_syn)
-    member.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    member.opt.step()
-    member.age += 1
-    return float(loss.detach())
-
-
 # --------------------------------------------------------------------------- distiller
 @register
 class FRePoDistiller(Distiller):
@@ -371,17 +215,23 @@ class FRePoDistiller(Distiller):
 
     Output :class:`~ddkit.artifact.DistilledSet`: images float32 N×C×H×W in [0, 1]
     (N = K · ipc, class-major); labels float32 N×K learned regression targets when
-    ``learn_labels`` (evaluation trains on them with MSE), else int64 (N,). ``extra``
-    records ``iterations``, ``iterations_run``, ``seconds``, ``final_loss`` (last KRR loss,
-    without the margin term), ``resets`` (pool re-initialisations in this run), ``model``,
-    ``flip`` and ``device``.
+    ``learn_labels`` (``label_kind="regression"``; evaluation trains on them with MSE),
+    else int64 (N,). ``extra`` records the loop's fields (``final_loss``: the last KRR loss,
+    without the margin term), ``resets`` (pool re-initialisations in this run), ``model``
+    and ``flip``.
+
+    The pool's online step is the shared training loop's one step
+    (:func:`ddkit.train.train_model` with ``max_steps=1``, loss ``sq``): a random
+    ``batch_syn`` of the distilled images without replacement; when the set has at most
+    ``batch_syn`` images the step uses all of them in a random order (0.1.0 kept their
+    order; the difference is float rounding only).
 
     Raises
     ------
     ConfigError
         When the configuration is built: a setting out of range (``num_models``,
         ``batch_real``, ``batch_syn`` < 1, ``max_online_updates`` < 0,
-        ``lr``/``online_lr``/``reg`` ≤ 0) or an unknown ``optimizer``, ``init`` or ``norm``.
+        ``lr_img``/``online_lr``/``reg`` ≤ 0) or an unknown ``optimizer``, ``init`` or ``norm``.
         At run start: ``width``/``depth``/``norm`` changed for a zoo model, or a resume from
         a checkpoint written with other settings.
     ModelError
@@ -390,8 +240,13 @@ class FRePoDistiller(Distiller):
 
     name = "frepo"
     Config = FRePoConfig
+    label_kinds = ("regression", "hard")
 
-    def _check(self, cfg: FRePoConfig) -> None:
+    def label_kind(self, config) -> str:
+        return "regression" if config.learn_labels else "hard"
+
+    def check(self, ctx: RunContext) -> None:
+        cfg = ctx.config
         if cfg.model != FREPO_MODEL:
             defaults = FRePoConfig()
             changed = [k for k in ("width", "depth", "norm") if getattr(cfg, k) != getattr(defaults, k)]
@@ -399,96 +254,76 @@ class FRePoDistiller(Distiller):
                 raise ConfigError(f"frepo settings {', '.join(changed)} apply to model {FREPO_MODEL!r} only, "
                                   f"not to zoo model {cfg.model!r}")
 
-    def run(self, real: ImageDataset, ipc: int, *, device, seed, progress, checkpoint: Path | None,
-            resume) -> DistilledSet:
-        cfg: FRePoConfig = self.config  # type: ignore[assignment]
-        self._check(cfg)
-        k, size = real.num_classes, real.image_size[0]
-        flip = cfg.flip if cfg.flip is not None else real.name in FLIP_DATASETS
-        horizon = cfg.lr_decay_steps or cfg.iterations
-        meta = self.checkpoint_meta(real, ipc, seed)
-        meta["lr_decay_horizon"] = horizon
-        by_class = real.class_indices()
-        real_x = real.normalize(real.float_images()).to(device)
-        real_y = centred_one_hot(real.labels, k).to(device)
-        n_real = real_x.shape[0]
-        g0 = iteration_generator(seed, -1)
-        syn = initial_synthetic(real_x, by_class, ipc, cfg.init, g0).requires_grad_(True)
-        hard = torch.arange(k).repeat_interleave(ipc)
-        y_syn = (centred_one_hot(hard, k) / math.sqrt(k / 10)).to(device).requires_grad_(cfg.learn_labels)
+    def _horizon(self, ctx: RunContext) -> int:
+        return ctx.config.lr_decay_steps or ctx.config.iterations
+
+    def checkpoint_identity(self, ctx: RunContext) -> dict[str, Any]:
+        return {**super().checkpoint_identity(ctx), "lr_decay_horizon": self._horizon(ctx)}
+
+    def _member(self, ctx: RunContext) -> tuple[nn.Module, torch.optim.Adam]:
+        net = make_frepo_network(ctx.config, ctx.channels, ctx.num_classes, ctx.image_size).to(ctx.device)
+        return net, torch.optim.Adam(net.parameters(), lr=ctx.config.online_lr)
+
+    def init_state(self, ctx: RunContext) -> LoopState:
+        cfg, k = ctx.config, ctx.num_classes
+        real_x = ctx.real_x()
+        syn = initial_synthetic(real_x, ctx.real.class_indices(), ctx.ipc, cfg.init, iteration_generator(ctx.seed, -1))
+        syn.requires_grad_(True)
+        y_syn = (centred_one_hot(ctx.class_labels(), k) / math.sqrt(k / 10)).to(ctx.device)
+        y_syn.requires_grad_(cfg.learn_labels)
         params = [syn, y_syn] if cfg.learn_labels else [syn]
-        opt: torch.optim.Optimizer = (Lamb(params, lr=cfg.lr) if cfg.optimizer == "lamb"
-                                      else torch.optim.Adam(params, lr=cfg.lr))
+        opt = Lamb(params, lr=cfg.lr_img) if cfg.optimizer == "lamb" else torch.optim.Adam(params, lr=cfg.lr_img)
+        state = LoopState(tensors={"syn": syn, "labels": y_syn}, optimizers={"img": opt})
         stagger = cfg.max_online_updates // cfg.num_models
-        pool = [PoolMember(make_frepo_network(cfg, real.channels, k, size).to(device), cfg.online_lr, stagger * i)
-                for i in range(cfg.num_models)]
-        start = 0
-        ck = self.load_checkpoint(checkpoint, resume, meta)
-        if ck is not None:
-            start = self._restore(ck, cfg, syn, y_syn, opt, pool, device)
-        t0 = time.perf_counter()
-        loss_val, resets = float("nan"), 0
-        with LoopProgress(f"frepo ipc={ipc}", cfg.iterations, start, enabled=progress) as bar:
-            for it in range(start, cfg.iterations):
-                g = iteration_generator(seed, it)
-                m = int(torch.randint(cfg.num_models, (1,), generator=g))
-                idx = torch.randperm(n_real, generator=g)[:cfg.batch_real].to(device)
-                member = pool[m]
-                for p in member.net.parameters():
-                    p.requires_grad_(False)
-                with torch.no_grad():
-                    h_t = member.features(real_x[idx])
-                x_s, y_s = (torch.cat([syn, syn.flip(-1)]), torch.cat([y_syn, y_syn])) if flip else (syn, y_syn)
-                pred = frepo_krr_predict(member.features(x_s), y_s, h_t, cfg.reg)
-                krr_loss = frepo_loss(pred, real_y[idx])
-                loss = (krr_loss + label_margin_loss(y_syn)) if cfg.learn_labels and cfg.margin_loss else krr_loss
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(cfg.lr, it, horizon)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_val = float(krr_loss.detach())
-                # the chosen network: re-initialised past its age limit, else one online step
-                if member.age > cfg.max_online_updates:
-                    pool[m] = PoolMember(make_frepo_network(cfg, real.channels, k, size).to(device), cfg.online_lr, 0)
-                    resets += 1
-                else:
-                    online_step(member, syn.detach(), y_syn.detach(), cfg.batch_syn, g)
-                bar.update(loss_val)
-                done = it + 1
-                if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-                    self._save(checkpoint, done, meta, cfg, syn, y_syn, opt, pool)
-        seconds = time.perf_counter() - t0
-        images = real.denormalize(syn.detach()).cpu()
-        labels = y_syn.detach().float().cpu().contiguous() if cfg.learn_labels else hard
-        return self.make_set(real, images, labels, ipc, seed, iterations=cfg.iterations,
-                             iterations_run=cfg.iterations - start, seconds=round(seconds, 2),
-                             final_loss=loss_val, resets=resets, model=cfg.model, flip=flip, device=str(device))
+        for i in range(cfg.num_models):
+            state.modules[f"pool{i}"], state.optimizers[f"pool{i}"] = self._member(ctx)
+        state.values = {"ages": [stagger * i for i in range(cfg.num_models)], "resets": 0}
+        state.aux = {"flip": cfg.flip if cfg.flip is not None else ctx.real.name in FLIP_DATASETS,
+                     "real_y": centred_one_hot(ctx.real.labels, k).to(ctx.device),
+                     "online": TrainConfig(epochs=1, batch_size=cfg.batch_syn, loss="sq", schedule="constant"),
+                     "resets_before": None}
+        return state
 
-    @staticmethod
-    def _save(path: Path, done: int, meta: dict[str, Any], cfg: FRePoConfig, syn: Tensor, y_syn: Tensor,
-              opt: torch.optim.Optimizer, pool: list[PoolMember]) -> None:
-        tensors: dict[str, Tensor] = {"syn": syn, **adam_state_tensors(opt, syn, "opt_syn")}
-        if cfg.learn_labels:
-            tensors.update({"labels": y_syn, **adam_state_tensors(opt, y_syn, "opt_labels")})
-        tensors["pool_ages"] = torch.tensor([mem.age for mem in pool], dtype=torch.int64)
-        for i, mem in enumerate(pool):
-            tensors.update(mem.state_tensors(f"pool{i}"))
-        Checkpoint(done, tensors, meta).save(path)
-
-    @staticmethod
-    def _restore(ck: Checkpoint, cfg: FRePoConfig, syn: Tensor, y_syn: Tensor, opt: torch.optim.Optimizer,
-                 pool: list[PoolMember], device: torch.device) -> int:
-        t = ck.tensors
+    def step(self, state: LoopState, ctx: RunContext, iteration: int, generator: torch.Generator) -> float:
+        cfg, aux = ctx.config, state.aux
+        if aux["resets_before"] is None:  # resets counted by this run (a resumed run starts from the checkpoint's)
+            aux["resets_before"] = state.values["resets"]
+        syn, y_syn, opt = state.tensors["syn"], state.tensors["labels"], state.optimizers["img"]
+        real_x = ctx.real_x()
+        m = int(torch.randint(cfg.num_models, (1,), generator=generator))
+        idx = torch.randperm(real_x.shape[0], generator=generator)[:cfg.batch_real].to(ctx.device)
+        net = state.modules[f"pool{m}"]
+        for p in net.parameters():
+            p.requires_grad_(False)
+        net.eval()  # features with the network frozen, batch norm on its running statistics
         with torch.no_grad():
-            syn.copy_(t["syn"].to(device))
-            if cfg.learn_labels:
-                y_syn.copy_(t["labels"].to(device))
-        restore_adam_state(opt, syn, t, "opt_syn")
-        if cfg.learn_labels:
-            restore_adam_state(opt, y_syn, t, "opt_labels")
-        ages = t["pool_ages"].tolist()
-        for i, mem in enumerate(pool):
-            mem.load_tensors(t, f"pool{i}", device)
-            mem.age = int(ages[i])
-        return ck.iteration
+            h_t = net.embed(real_x[idx])
+        x_s, y_s = (torch.cat([syn, syn.flip(-1)]), torch.cat([y_syn, y_syn])) if aux["flip"] else (syn, y_syn)
+        pred = frepo_krr_predict(net.embed(x_s), y_s, h_t, cfg.reg)
+        krr_loss = frepo_loss(pred, aux["real_y"][idx])
+        loss = (krr_loss + label_margin_loss(y_syn)) if cfg.learn_labels and cfg.margin_loss else krr_loss
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(cfg.lr_img, iteration, self._horizon(ctx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ages = state.values["ages"]
+        # the chosen network: re-initialised past its age limit, else one online step on the distilled set
+        if ages[m] > cfg.max_online_updates:
+            state.modules[f"pool{m}"], state.optimizers[f"pool{m}"] = self._member(ctx)
+            ages[m] = 0
+            state.values["resets"] += 1
+        else:
+            for p in net.parameters():
+                p.requires_grad_(True)
+            train_model(net, syn.detach(), y_syn.detach(), aux["online"], optimizer=state.optimizers[f"pool{m}"],
+                        generator=generator, max_steps=1)
+            ages[m] += 1
+        return float(krr_loss.detach())
+
+    def finish(self, state: LoopState, ctx: RunContext) -> SetParts:
+        cfg = ctx.config
+        labels = state.tensors["labels"].detach().float() if cfg.learn_labels else ctx.class_labels()
+        resets = state.values["resets"] - (state.aux["resets_before"] or 0)
+        return SetParts(state.tensors["syn"].detach(), labels, self.label_kind(cfg),
+                        extra={"resets": resets, "model": cfg.model, "flip": state.aux["flip"]})

@@ -27,7 +27,8 @@ Algorithm (one *outer iteration*, K = 1000 of them by default):
 IPC 1 → (1, 1), 10 → (10, 50), 20 → (20, 25), 30 → (30, 20), 40 → (40, 15),
 50 → (50, 10). The papers state IPC 1, 10 and 50; 20-40 are from the code. Any other IPC
 takes the row of the nearest tabulated IPC (ties go to the smaller one), e.g. IPC 2 →
-IPC 1's row, IPC 100 → IPC 50's row; the result records the values used.
+IPC 1's row, IPC 100 → IPC 50's row (the method's ``ipc_defaults`` table, ``nearest``
+rule); the set's ``config`` records the values used.
 
 Reading of the distance (the reference's ``'ours'`` metric, ``distance_wb``): per
 parameter tensor, a 4-D conv weight (out, in, h, w) is reshaped to (out, in·h·w), a 3-D
@@ -88,21 +89,19 @@ the least contended measurements and it is the reference's formulation.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
-from ddkit.artifact import DistilledSet
 from ddkit.augment import DSA, DSAConfig
-from ddkit.data import ImageDataset
 from ddkit.distill.base import (
-    Checkpoint,
     Distiller,
+    LoopState,
+    RunContext,
+    SetParts,
     initial_synthetic,
     iteration_generator,
     register,
@@ -110,8 +109,7 @@ from ddkit.distill.base import (
 )
 from ddkit.distill.feature_matching import FeatureMatchingConfig
 from ddkit.errors import ConfigError
-from ddkit.models import get_model
-from ddkit.progress import LoopProgress
+from ddkit.train import TrainConfig, train_model
 
 #: The reference code's ``get_loops`` table: IPC → (outer_loop, inner_loop).
 LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15),
@@ -291,16 +289,16 @@ class GMConfig(FeatureMatchingConfig):
     """Gradient-matching settings; defaults are DC's (Zhao et al. 2021, Sec. 4 and code).
 
     Shares ``batch_real``, ``momentum``, ``model``, ``init`` and ``dsa_strategy`` with
-    the feature-matching methods. ``outer_loop`` / ``inner_loop`` = 0 take
-    :func:`default_loops` of the IPC.
+    the feature-matching methods. ``outer_loop`` / ``inner_loop`` left ``None`` take the
+    reference code's per-IPC table (:data:`LOOPS`).
     """
 
     iterations: NonNegativeInt = 1000
     lr_img: PositiveFloat = 0.1
     lr_net: PositiveFloat = 0.01
     batch_train: PositiveInt = 256
-    outer_loop: NonNegativeInt = 0
-    inner_loop: NonNegativeInt = 0
+    outer_loop: PositiveInt | None = None
+    inner_loop: NonNegativeInt | None = None
     dsa: bool = False
     batched: bool = False
     checkpoint_every: NonNegativeInt = 50
@@ -318,70 +316,59 @@ class DCDistiller(Distiller):
 
     name = "dc"
     Config = GMConfig
+    ipc_defaults = {ipc: {"outer_loop": o, "inner_loop": i} for ipc, (o, i) in LOOPS.items()}
+    ipc_rule = "nearest"
 
-    def run(self, real: ImageDataset, ipc: int, *, device, seed, progress, checkpoint: Path | None,
-            resume) -> DistilledSet:
-        cfg: GMConfig = self.config  # type: ignore[assignment]
-        k, size, ch = real.num_classes, real.image_size[0], real.channels
-        probe = get_model(cfg.model, ch, k, size)
+    def check(self, ctx: RunContext) -> None:
+        probe = ctx.new_model(ctx.config.model)
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules()):
             raise ConfigError(f"{self.name} needs per-sample normalisation for per-class gradients; "
-                              f"model {cfg.model!r} contains batch norm and is not supported")
-        d_outer, d_inner = default_loops(ipc)
-        outer = cfg.outer_loop or d_outer
-        inner = cfg.inner_loop or d_inner
-        dsa = DSA(DSAConfig(strategy=cfg.dsa_strategy), image_size=size) if cfg.dsa else None
-        meta = self.checkpoint_meta(real, ipc, seed)
-        by_class = real.class_indices()
-        real_x = real.normalize(real.float_images()).to(device)
-        g0 = iteration_generator(seed, -1)
-        syn0 = initial_synthetic(real_x, by_class, ipc, cfg.init, g0)
-        syn = syn0.requires_grad_(True)
-        labels = torch.arange(k).repeat_interleave(ipc)
+                              f"model {ctx.config.model!r} contains batch norm and is not supported")
+
+    def init_state(self, ctx: RunContext) -> LoopState:
+        cfg = ctx.config
+        dsa = DSA(DSAConfig(strategy=cfg.dsa_strategy), image_size=ctx.image_size) if cfg.dsa else None
+        by_class = ctx.real.class_indices()
+        syn = initial_synthetic(ctx.real_x(), by_class, ctx.ipc, cfg.init, iteration_generator(ctx.seed, -1))
+        syn.requires_grad_(True)
         opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        start = 0
-        ck = self.load_checkpoint(checkpoint, resume, meta)
-        if ck is not None:
-            start = ck.restore_sgd(syn, opt)
-        bsz = cfg.batch_real
-        syn_groups = labels  # the DSA group of a synthetic image is its class
-        real_groups = torch.arange(k).repeat_interleave(bsz)
-        t0 = time.perf_counter()
-        loss_val = float("nan")
-        with LoopProgress(f"{self.name} ipc={ipc}", cfg.iterations, start, enabled=progress) as bar:
-            for it in range(start, cfg.iterations):
-                g = iteration_generator(seed, it)
-                net = get_model(cfg.model, ch, k, size).to(device)
-                net.train()
-                net_opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)
-                total = 0.0
-                for step in range(outer):
-                    idx = sample_per_class(by_class, bsz, g)
-                    xr, xs = real_x[idx.to(device)], syn
-                    if dsa is not None:
-                        draw = dsa.draw(k, g)
-                        xr = dsa.apply(xr, draw, real_groups)
-                        xs = dsa.apply(xs, draw, syn_groups)
-                    loss = match_step_loss(net, xr.reshape(k, bsz, *xr.shape[1:]),
-                                           xs.reshape(k, ipc, *xs.shape[1:]), batched=cfg.batched)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward(inputs=[syn])
-                    opt.step()
-                    total += float(loss.detach())
-                    if step == outer - 1:
-                        break
-                    train_on_synthetic(net, net_opt, syn.detach(), labels.to(device), inner, cfg.batch_train,
-                                       dsa, g)
-                loss_val = total / (k * outer)
-                bar.update(loss_val)
-                done = it + 1
-                if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-                    Checkpoint.of_sgd(done, syn, opt, meta).save(checkpoint)
-        seconds = time.perf_counter() - t0
-        images = real.denormalize(syn.detach()).cpu()
-        return self.make_set(real, images, labels, ipc, seed, iterations=cfg.iterations,
-                             iterations_run=cfg.iterations - start, seconds=round(seconds, 2),
-                             final_loss=loss_val, outer_loop=outer, inner_loop=inner, device=str(device))
+        k = ctx.num_classes
+        # the siamese DSA group of an image is its class
+        aux = {"dsa": dsa, "by_class": by_class, "real_groups": torch.arange(k).repeat_interleave(cfg.batch_real),
+               "inner": TrainConfig(epochs=cfg.inner_loop, batch_size=cfg.batch_train, schedule="constant")}
+        return LoopState(tensors={"syn": syn}, optimizers={"img": opt}, aux=aux)
+
+    def step(self, state: LoopState, ctx: RunContext, iteration: int, generator: torch.Generator) -> float:
+        cfg, aux = ctx.config, state.aux
+        syn, opt, dsa = state.tensors["syn"], state.optimizers["img"], aux["dsa"]
+        k, bsz, outer = ctx.num_classes, cfg.batch_real, cfg.outer_loop
+        labels = ctx.class_labels()
+        net = ctx.new_model(cfg.model)
+        net.train()
+        net_opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)  # DC's inner optimiser: plain SGD
+        total = 0.0
+        for step in range(outer):
+            idx = sample_per_class(aux["by_class"], bsz, generator)
+            xr, xs = ctx.real_x()[idx.to(ctx.device)], syn
+            if dsa is not None:
+                draw = dsa.draw(k, generator)
+                xr = dsa.apply(xr, draw, aux["real_groups"])
+                xs = dsa.apply(xs, draw, labels)
+            loss = match_step_loss(net, xr.reshape(k, bsz, *xr.shape[1:]), xs.reshape(k, ctx.ipc, *xs.shape[1:]),
+                                   batched=cfg.batched)
+            opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=[syn])
+            opt.step()
+            total += float(loss.detach())
+            if step == outer - 1:
+                break
+            # DC's inner loop: train θ on the (frozen) synthetic set, non-siamese DSA for ``dsa``
+            train_model(net, syn.detach(), labels.to(ctx.device), aux["inner"], optimizer=net_opt, augment=dsa,
+                        generator=generator)
+        return total / (k * outer)
+
+    def finish(self, state: LoopState, ctx: RunContext) -> SetParts:
+        return SetParts(state.tensors["syn"].detach(), ctx.class_labels(), "hard")
 
 
 @register
@@ -390,41 +377,3 @@ class DSADistiller(DCDistiller):
 
     name = "dsa"
     Config = DSAMethodConfig
-
-
-def train_on_synthetic(net: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                       epochs: int, batch_size: int, dsa: DSA | None, generator: torch.Generator) -> None:
-    """DC's inner loop: train θ in place on the (frozen) synthetic set.
-
-    Parameters
-    ----------
-    net : nn.Module
-        The network θ, updated in place.
-    opt : torch.optim.Optimizer
-        Its optimiser (DC: plain SGD, lr 0.01, kept across the outer steps of one
-        outer iteration).
-    images : torch.Tensor
-        ``(N, C, H, W)`` float32 standardised synthetic images (detached).
-    labels : torch.Tensor
-        ``(N,)`` int64 class indices.
-    epochs : int
-        Passes over the set (``inner_loop``); one step each when N ≤ ``batch_size``.
-    batch_size : int
-        Minibatch size (reference ``batch_train`` = 256).
-    dsa : DSA or None
-        Non-siamese DSA on each batch (the ``dsa`` method), or none (``dc``).
-    generator : torch.Generator
-        CPU generator for the shuffling and the augmentation.
-    """
-    n = images.shape[0]
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(images.device)
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
-            x = images[idx]
-            if dsa is not None:
-                x = dsa(x, generator=generator)
-            loss = F.cross_entropy(net(x), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()

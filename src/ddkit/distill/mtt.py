@@ -29,11 +29,11 @@ IPC    syn_steps  expert_ep.  max_start_epoch  lr_img  lr_lr    lr_teacher ZCA
 
 MTT did not distil MNIST or Fashion-MNIST, and ddkit has no ZCA whitening. ddkit therefore
 uses, for every dataset, the CIFAR-10 row of the IPC (IPC 1 → row 1, IPC 2–10 → row 10,
-IPC > 10 → row 50) for ``syn_steps``, ``expert_epochs``, ``max_start_epoch``, ``lr_lr`` and
-``lr_teacher``, and ``lr_img = 1000``, the value of the only non-ZCA row (and the default of
-the reference ``distill.py``); the ZCA rows' 100 belongs to whitened pixels. Leaving a
-field at ``None`` selects that value; the resolved values are recorded in the set's
-metadata (``extra["hyper"]``). Other defaults are the reference code's: 5000 iterations,
+IPC > 10 → row 50: the method's ``ipc_defaults`` table with the ``ceil`` rule) for
+``syn_steps``, ``expert_epochs``, ``max_start_epoch``, ``lr_lr`` and ``lr_teacher``, and
+``lr_img = 1000``, the value of the only non-ZCA row (and the default of the reference
+``distill.py``); the ZCA rows' 100 belongs to whitened pixels. Leaving a field at ``None``
+selects that value; the set's ``config`` records the resolved values. Other defaults are the reference code's: 5000 iterations,
 real initialisation, ``batch_syn`` = the whole synthetic set, DSA
 ``color_crop_cutout_flip_scale_rotate``, the buffer's network (ConvNet-3).
 
@@ -53,8 +53,6 @@ Choices and deviations (``min_syn_lr`` is a setting; the others are fixed behavi
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -64,14 +62,19 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ddkit.artifact import DistilledSet
 from ddkit.augment import DEFAULT_STRATEGY, DSA, DSAConfig
-from ddkit.data import ImageDataset
-from ddkit.distill.base import Checkpoint, Distiller, MethodConfig, initial_synthetic, iteration_generator, register
+from ddkit.distill.base import (
+    Distiller,
+    LoopState,
+    MethodConfig,
+    RunContext,
+    SetParts,
+    initial_synthetic,
+    iteration_generator,
+    register,
+)
 from ddkit.distill.buffer import ExpertBuffer, train_experts  # train_experts re-exported: stage 1 of MTT
 from ddkit.errors import ArtifactError, ConfigError
-from ddkit.models import get_model
-from ddkit.progress import LoopProgress
 
 __all__ = ["ExpertBuffer", "LR_IMG_NO_ZCA", "MTTConfig", "MTTDistiller", "PUBLISHED", "published_defaults",
            "train_experts", "trajectory_matching_loss", "unroll_student"]
@@ -129,14 +132,6 @@ class MTTConfig(MethodConfig):
                              f"build one with `ddkit buffer DATASET --out {v}`")
         return str(v)
 
-    def resolved(self, ipc: int) -> dict[str, float]:
-        """The hyper-parameters in force at ``ipc``: set fields, else :func:`published_defaults`."""
-        out = published_defaults(ipc)
-        for key in out:
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        return out
 
 
 def _param_layout(net: nn.Module) -> tuple[list[str], list[torch.Size], list[int]]:
@@ -278,110 +273,103 @@ class MTTDistiller(Distiller):
     Needs ``buffer`` = a folder written by ``ddkit buffer`` on the same dataset.
     Output :class:`~ddkit.artifact.DistilledSet`: images float32 N×C×H×W in [0, 1]
     (N = K · ipc, class-major), int64 labels, ``lr`` = the learned step size α (float32
-    scalar; evaluation trains with it). ``extra`` records ``iterations``,
-    ``iterations_run``, ``seconds``, ``seconds_per_iteration``, ``final_loss``, ``syn_lr``,
-    ``hyper`` (the resolved hyper-parameters), ``buffer`` and ``device``.
+    scalar; evaluation trains with it). ``extra`` records the loop's fields, ``syn_lr`` and
+    ``buffer``; ``config`` the resolved hyper-parameters.
 
     Raises
     ------
     ConfigError
         No/unreadable buffer, a buffer of another dataset or with no finished expert, a
         ``model`` other than the buffer's, ``max_start_epoch + expert_epochs − 1`` beyond the
-        buffer's epochs, or a resume from a checkpoint written with other settings.
+        buffer's epochs, an unrolled graph too large for free memory, or a resume from a
+        checkpoint written with other settings.
     """
 
     name = "mtt"
     Config = MTTConfig
+    ipc_defaults = {row: {**hp, "lr_img": LR_IMG_NO_ZCA} for row, hp in PUBLISHED.items()}
+    ipc_rule = "ceil"
 
-    def run(self, real: ImageDataset, ipc: int, *, device, seed, progress, checkpoint: Path | None,
-            resume) -> DistilledSet:
-        cfg: MTTConfig = self.config  # type: ignore[assignment]
+    def check(self, ctx: RunContext) -> None:
+        cfg, device = ctx.config, ctx.device
         buf = ExpertBuffer(cfg.buffer)
-        buf.check_compatible(real)
+        buf.check_compatible(ctx.real)
         model = cfg.model or buf.model
         if model != buf.model:
             raise ConfigError(f"mtt model {model!r} differs from the buffer's {buf.model!r}; "
                               f"leave model unset or build a buffer with --model {model}")
-        hp = cfg.resolved(ipc)
-        n_steps, m_ep, t_max = int(hp["syn_steps"]), int(hp["expert_epochs"]), int(hp["max_start_epoch"])
+        n_steps, m_ep, t_max = cfg.syn_steps, cfg.expert_epochs, cfg.max_start_epoch
         if t_max - 1 + m_ep > buf.epochs:
             raise ConfigError(f"max_start_epoch {t_max} with expert_epochs {m_ep} needs trajectories of at least "
                               f"{t_max - 1 + m_ep} epochs, the buffer has {buf.epochs}; set max_start_epoch ≤ "
                               f"{max(0, buf.epochs - m_ep + 1)} (and expert_epochs ≤ {buf.epochs}) or build a longer "
                               f"buffer")
-        k, size = real.num_classes, real.image_size[0]
-        net = get_model(model, real.channels, k, size).to(device)
+        net = ctx.new_model(model)
         net.train()
         for p in net.parameters():
             p.requires_grad_(False)
         if sum(p.numel() for p in net.parameters()) != buf.num_params:
             raise ConfigError(f"network {model!r} has a different parameter count than the buffer's experts")
-        n_syn = k * ipc
+        n_syn = ctx.num_classes * ctx.ipc
         bsz = n_syn if cfg.batch_syn is None else min(cfg.batch_syn, n_syn)
-        need = unroll_memory_bytes(net, (real.channels, size, size), k, bsz, n_steps, device)
+        need = unroll_memory_bytes(net, (ctx.channels, ctx.image_size, ctx.image_size), ctx.num_classes, bsz,
+                                   n_steps, device)
         free = available_memory_bytes(torch.device(device))
         if free is not None and need > 0.85 * free:  # the estimate ran ~15 % under the measured peak
             fit = max(1, int(bsz * 0.7 * free / need))
             raise ConfigError(f"mtt: unrolling {n_steps} student steps on batches of {bsz} synthetic images keeps "
                               f"~{need / 2**30:.1f} GiB for the backward pass, {free / 2**30:.1f} GiB is free on "
                               f"{device}; set batch_syn ≤ {fit} (--set batch_syn={fit}) or fewer syn_steps")
-        dsa = DSA(DSAConfig(strategy=cfg.dsa_strategy), image_size=size) if cfg.dsa else None
-        meta = self.checkpoint_meta(real, ipc, seed)
-        meta["config"].pop("buffer", None)  # the buffer is identified by its contents, not its path
-        meta["buffer"] = buf.fingerprint
-        by_class = real.class_indices()
-        real_x = real.normalize(real.float_images())
-        syn = initial_synthetic(real_x, by_class, ipc, cfg.init, iteration_generator(seed, -1))
+        ctx.aux.update(buffer=buf, net=net)
+
+    def checkpoint_identity(self, ctx: RunContext) -> dict:
+        ident = super().checkpoint_identity(ctx)
+        ident["config"].pop("buffer", None)  # the buffer is identified by its contents, not its path
+        ident["buffer"] = ctx.aux["buffer"].fingerprint
+        return ident
+
+    def init_state(self, ctx: RunContext) -> LoopState:
+        cfg, device = ctx.config, ctx.device
+        real_x = ctx.real.normalize(ctx.real.float_images())  # on the CPU: only the initial images are needed
+        syn = initial_synthetic(real_x, ctx.real.class_indices(), ctx.ipc, cfg.init, iteration_generator(ctx.seed, -1))
         del real_x
         syn = syn.to(device).requires_grad_(True)
-        syn_lr = torch.tensor(float(hp["lr_teacher"]), device=device).requires_grad_(True)
-        labels = torch.arange(k).repeat_interleave(ipc).to(device)
-        opt_img = torch.optim.SGD([syn], lr=hp["lr_img"], momentum=cfg.momentum)
-        opt_lr = torch.optim.SGD([syn_lr], lr=hp["lr_lr"], momentum=cfg.momentum)
-        start = 0
-        ck = self.load_checkpoint(checkpoint, resume, meta)
-        if ck is not None:
-            start = ck.restore_sgd(syn, opt_img)
-            with torch.no_grad():
-                syn_lr.copy_(ck.tensors["syn_lr"].to(device).reshape(()))
-            opt_lr.state[syn_lr]["momentum_buffer"] = ck.tensors["lr_momentum"].to(device).reshape(()).clone()
-        t0 = time.perf_counter()
-        loss_val = float("nan")
-        with LoopProgress(f"mtt ipc={ipc}", cfg.iterations, start, enabled=progress) as bar:
-            for it in range(start, cfg.iterations):
-                g = iteration_generator(seed, it)
-                expert = int(torch.randint(len(buf), (1,), generator=g))
-                t = int(torch.randint(t_max, (1,), generator=g))
-                theta_t = buf.params(expert, t).to(device)
-                theta_target = buf.params(expert, t + m_ep).to(device)
-                end = unroll_student(net, theta_t.clone().requires_grad_(True), syn, labels, syn_lr, n_steps,
-                                     batch_syn=cfg.batch_syn, augment=dsa, generator=g)
-                loss = trajectory_matching_loss(end, theta_t, theta_target)
-                loss_val = float(loss.detach())
-                if loss_val != loss_val:  # NaN: the unrolled student diverged
-                    raise ConfigError(f"mtt diverged at iteration {it} (loss is NaN); lower lr_img, lr_lr or "
-                                      f"lr_teacher")
-                opt_img.zero_grad(set_to_none=True)
-                opt_lr.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_img.step()
-                opt_lr.step()
-                with torch.no_grad():
-                    syn_lr.clamp_(min=cfg.min_syn_lr)
-                bar.update(loss_val)
-                done = it + 1
-                if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-                    ck_out = Checkpoint.of_sgd(done, syn, opt_img, meta)
-                    ck_out.tensors["syn_lr"] = syn_lr.detach()
-                    ck_out.tensors["lr_momentum"] = opt_lr.state[syn_lr]["momentum_buffer"]
-                    ck_out.save(checkpoint)
-        seconds = time.perf_counter() - t0
-        run = cfg.iterations - start
-        images = real.denormalize(syn.detach()).cpu()
-        ds = self.make_set(real, images, labels.cpu(), ipc, seed, iterations=cfg.iterations, iterations_run=run,
-                           seconds=round(seconds, 2), seconds_per_iteration=round(seconds / run, 4) if run else None,
-                           final_loss=loss_val, syn_lr=float(syn_lr.detach()), hyper=hp,
-                           buffer={"path": str(buf.root), "experts": len(buf), "epochs": buf.epochs, "model": buf.model,
-                                   "lr": buf.settings.get("lr"), "train_subset": buf.settings.get("train_subset")},
-                           device=str(device))
-        return dataclasses.replace(ds, lr=syn_lr.detach().float().cpu())
+        syn_lr = torch.tensor(float(cfg.lr_teacher), device=device).requires_grad_(True)
+        dsa = DSA(DSAConfig(strategy=cfg.dsa_strategy), image_size=ctx.image_size) if cfg.dsa else None
+        return LoopState(tensors={"syn": syn, "syn_lr": syn_lr},
+                         optimizers={"img": torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum),
+                                     "lr": torch.optim.SGD([syn_lr], lr=cfg.lr_lr, momentum=cfg.momentum)},
+                         aux={"dsa": dsa, "labels": ctx.class_labels().to(device)})
+
+    def step(self, state: LoopState, ctx: RunContext, iteration: int, generator: torch.Generator) -> float:
+        cfg, buf, device = ctx.config, ctx.aux["buffer"], ctx.device
+        syn, syn_lr = state.tensors["syn"], state.tensors["syn_lr"]
+        opt_img, opt_lr = state.optimizers["img"], state.optimizers["lr"]
+        expert = int(torch.randint(len(buf), (1,), generator=generator))
+        t = int(torch.randint(cfg.max_start_epoch, (1,), generator=generator))
+        theta_t = buf.params(expert, t).to(device)
+        theta_target = buf.params(expert, t + cfg.expert_epochs).to(device)
+        end = unroll_student(ctx.aux["net"], theta_t.clone().requires_grad_(True), syn, state.aux["labels"], syn_lr,
+                             cfg.syn_steps, batch_syn=cfg.batch_syn, augment=state.aux["dsa"], generator=generator)
+        loss = trajectory_matching_loss(end, theta_t, theta_target)
+        loss_val = float(loss.detach())
+        if loss_val != loss_val:  # NaN: the unrolled student diverged (checked before the update)
+            raise ConfigError(f"mtt diverged at iteration {iteration} (loss is NaN); lower lr_img, lr_lr or "
+                              f"lr_teacher")
+        opt_img.zero_grad(set_to_none=True)
+        opt_lr.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_img.step()
+        opt_lr.step()
+        with torch.no_grad():
+            syn_lr.clamp_(min=cfg.min_syn_lr)
+        return loss_val
+
+    def finish(self, state: LoopState, ctx: RunContext) -> SetParts:
+        buf = ctx.aux["buffer"]
+        syn_lr = state.tensors["syn_lr"].detach().float()
+        return SetParts(state.tensors["syn"].detach(), ctx.class_labels(), "hard", lr=syn_lr,
+                        extra={"syn_lr": float(syn_lr),
+                               "buffer": {"path": str(buf.root), "experts": len(buf), "epochs": buf.epochs,
+                                          "model": buf.model, "lr": buf.settings.get("lr"),
+                                          "train_subset": buf.settings.get("train_subset")}})

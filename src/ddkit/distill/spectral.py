@@ -35,17 +35,13 @@ computed over the concatenated features.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from pydantic import Field, field_validator
 from torch.nn import functional as F
 
-from ddkit.artifact import DistilledSet
 from ddkit.augment import DSA
-from ddkit.data import ImageDataset
-from ddkit.distill.base import Distiller, register
-from ddkit.distill.feature_matching import EmbeddingMatchingConfig, run_feature_matching
+from ddkit.distill.base import LoopState, RunContext, SetParts, register
+from ddkit.distill.feature_matching import EmbeddingMatchingConfig, EmbeddingMatchingDistiller
 from ddkit.errors import ConfigError
 from ddkit.spectral import Filter, feature_stats, get_filter, spectral_matching_loss
 
@@ -122,21 +118,26 @@ def spectral_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int
 
 
 @register
-class SpectralDistiller(Distiller):
-    """Spectral matching with a configurable UniDD filter. See the module docstring."""
+class SpectralDistiller(EmbeddingMatchingDistiller):
+    """Spectral matching with a configurable UniDD filter. See the module docstring.
+
+    Its loop makes the same draws as DM's, so the identity filter reproduces a DM run.
+    """
 
     name = "spectral"
     Config = SpectralConfig
 
-    def run(self, real: ImageDataset, ipc: int, *, device, seed, progress, checkpoint: Path | None,
-            resume) -> DistilledSet:
-        cfg: SpectralConfig = self.config  # type: ignore[assignment]
-        filt = cfg.make_filter()
+    def check(self, ctx: RunContext) -> None:
+        ctx.aux["filter"] = ctx.config.make_filter()
 
-        def loss(embed, real_x, syn, k, dsa, g, per_class):
-            return spectral_loss(embed, real_x, syn, k, filt, dsa, g, per_class)
+    def title(self, ctx: RunContext) -> str:
+        return f"spectral[{ctx.aux['filter'].name}] ipc={ctx.ipc}"
 
-        # the shared loop makes the same draws as DM, so the identity filter reproduces a DM run
-        return run_feature_matching(self, real, ipc, loss, device=device, seed=seed, progress=progress,
-                                    checkpoint=checkpoint, resume=resume, title=f"spectral[{filt.name}] ipc={ipc}",
-                                    filter=filt.name, filter_params=filt.params)
+    def matching_loss(self, ctx, embed, real, syn, dsa, generator, per_class, weights):
+        return spectral_loss(embed, real, syn, ctx.num_classes, ctx.aux["filter"], dsa, generator, per_class)
+
+    def finish(self, state: LoopState, ctx: RunContext) -> SetParts:
+        parts = super().finish(state, ctx)
+        filt = ctx.aux["filter"]
+        parts.extra.update(filter=filt.name, filter_params=filt.params)
+        return parts

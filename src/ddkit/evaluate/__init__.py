@@ -1,6 +1,11 @@
-"""The field's evaluation protocols for distilled sets: hard-label (DC/DSA/DM) and soft-label (RDED/CFM)."""
+"""The field's evaluation protocols for distilled sets: hard-label (DC/DSA/DM) and soft-label (RDED/CFM).
 
-from ddkit.evaluate.protocol import EvalResult, evaluate
-from ddkit.evaluate.soft import SoftLabelConfig, train_student_soft
+Nothing here imports a distillation method: what evaluation needs from a set (its label
+kind, learned learning rate, shipped teacher) is in the set itself (:mod:`ddkit.artifact`,
+:mod:`ddkit.teacher`).
+"""
 
-__all__ = ["EvalResult", "SoftLabelConfig", "evaluate", "train_student_soft"]
+from ddkit.evaluate.protocol import EvalConfig, EvalResult, TrainedNetworks, evaluate, train_networks
+from ddkit.evaluate.soft import SoftLabelConfig
+
+__all__ = ["EvalConfig", "EvalResult", "SoftLabelConfig", "TrainedNetworks", "evaluate", "train_networks"]

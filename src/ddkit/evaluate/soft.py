@@ -20,44 +20,89 @@ bdy9527/UniDD):
   CIFAR-10 (10/50/100 at IPC 1/10/50, 100 otherwise) and CIFAR-100 (20/100/200, for
   more than 10 classes), capped at the set size.
 
-The hard labels of the set are not used for training. Reported: the test accuracy after
-the last epoch (the UniDD code reports the best test accuracy seen in the last 20 % of
-epochs, which is optimistic; we do not select on the test set).
+All of it is a configuration of the shared loop (:func:`ddkit.train.train_model`: loss
+``kd``, a batch transform and a targets function). The hard labels of the set are not
+used for training. Reported: the test accuracy after the last epoch (the UniDD code
+reports the best test accuracy seen in the last 20 % of epochs, which is optimistic; we
+do not select on the test set).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor
 
 from ddkit.errors import ConfigError
+from ddkit.teacher import Teacher, load_teacher
+from ddkit.train import TrainConfig
 
-__all__ = ["PROTOCOLS", "SoftLabelConfig", "default_batch_size", "describe", "kd_loss", "lr_factor",
-           "resolve_protocol", "run_soft_protocol", "train_student_soft"]
+__all__ = ["PROTOCOLS", "SoftAugment", "SoftLabelConfig", "default_batch_size", "describe", "resolve_protocol",
+           "resolve_teacher", "teacher_targets"]
 
 PROTOCOLS = ("hard", "soft", "auto")
 
 
-@dataclass(frozen=True)
-class SoftLabelConfig:
-    """Hyper-parameters of :func:`train_student_soft` (defaults: UniDD/RDED, CIFAR)."""
+class SoftLabelConfig(BaseModel):
+    """Settings of the soft-label protocol (defaults: UniDD/RDED, CIFAR; module docstring)."""
 
-    epochs: int = 1000
-    batch_size: int = 100
-    temperature: float = 20.0
-    cutmix_alpha: float = 1.0
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: PositiveInt = 1000
+    batch_size: PositiveInt = 100
+    temperature: PositiveFloat = 20.0
+    cutmix_alpha: NonNegativeFloat = 1.0
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
     augment: bool = True  # random resized crop + flip + CutMix; False: none of them
+
+    def train_config(self) -> TrainConfig:
+        """The shared loop's settings: AdamW, half-cosine schedule, ``kd`` loss at T."""
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer="adamw", lr=self.lr,
+                           weight_decay=self.weight_decay, betas=self.betas, schedule="half_cosine", loss="kd",
+                           temperature=self.temperature)
+
+
+class SoftAugment:
+    """The protocol's batch transform on pixel-space images: random resized crop + flip
+    (kornia, per image), standardisation, CutMix (torchvision v2). kornia and CutMix draw
+    from torch's global RNG (seed it for determinism); ``generator`` is not used."""
+
+    def __init__(self, size: int, config: SoftLabelConfig, mean: Tensor, std: Tensor):
+        import kornia.augmentation as K
+        from torchvision.transforms import v2
+
+        self.aug = nn.Sequential(K.RandomResizedCrop((size, size)), K.RandomHorizontalFlip()) if config.augment \
+            else None
+        # CutMix's mixed labels are not used (the teacher labels the mixed images): dummy classes
+        self.cutmix = v2.CutMix(alpha=config.cutmix_alpha, num_classes=2) \
+            if config.augment and config.cutmix_alpha > 0 else None
+        self.mean, self.std = mean, std
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if self.aug is not None:
+            x = self.aug(x)
+        x = (x - self.mean) / self.std
+        if self.cutmix is not None:
+            x, _ = self.cutmix(x, torch.zeros(x.shape[0], dtype=torch.int64, device=x.device))
+        return x
+
+
+def teacher_targets(teacher: nn.Module):
+    """A targets function for :func:`ddkit.train.train_model`: the frozen teacher's logits
+    on the (augmented, standardised) batch."""
+    teacher.eval()
+
+    def fn(x: Tensor, _y: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            return x, teacher(x)
+
+    return fn
 
 
 def default_batch_size(ipc: int, num_classes: int, n: int) -> int:
@@ -65,84 +110,6 @@ def default_batch_size(ipc: int, num_classes: int, n: int) -> int:
     IPC 1/10/50, CIFAR-100 table (more classes) 20/100/200, 100 for other IPCs; at most ``n``."""
     table = {1: 10, 10: 50, 50: 100} if num_classes <= 10 else {1: 20, 10: 100, 50: 200}
     return max(1, min(n, table.get(ipc, 100)))
-
-
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """``KL(softmax(t/T) ‖ softmax(s/T))`` summed over classes, averaged over the batch.
-
-    Args:
-        student_logits, teacher_logits: B×K float logits. temperature: T > 0.
-
-    Returns:
-        Scalar ≥ 0 (not multiplied by T², as in the UniDD code).
-    """
-    log_p = F.log_softmax(student_logits / temperature, dim=1)
-    q = F.softmax(teacher_logits / temperature, dim=1)
-    return F.kl_div(log_p, q, reduction="batchmean")
-
-
-def lr_factor(epoch: int, epochs: int) -> float:
-    """The UniDD code's per-epoch lr multiplier ``½ (1 + cos(π e / (2E)))`` (1 → ½)."""
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs / 2.0))
-
-
-def train_student_soft(student: nn.Module, teacher: nn.Module, images: Tensor, config: SoftLabelConfig, *,
-                       mean: Tensor, std: Tensor, generator: torch.Generator | None = None,
-                       on_epoch: Callable[[int, float], None] | None = None) -> nn.Module:
-    """Train ``student`` in place on pixel-space ``images`` with the teacher's online soft labels.
-
-    Args:
-        student: a fresh zoo network on the target device.
-        teacher: the frozen teacher (same device; put in eval mode here).
-        images: N×C×H×W float32 in [0, 1] (pixel space), on the device.
-        config: :class:`SoftLabelConfig`.
-        mean, std: per-channel standardisation (C×1×1 tensors on the device).
-        generator: CPU generator for shuffling (kornia and CutMix draw from torch's global
-            RNG: seed it for determinism).
-        on_epoch: called after each epoch with (epoch index, mean loss).
-
-    Returns:
-        The student (train mode).
-    """
-    import kornia.augmentation as K
-    from torchvision.transforms import v2
-
-    from ddkit.models.zoo import check_input
-
-    check_input(student, images)
-    size = images.shape[-1]
-    teacher.eval()
-    aug = nn.Sequential(K.RandomResizedCrop((size, size)), K.RandomHorizontalFlip()) if config.augment else None
-    # CutMix's mixed labels are not used (the teacher labels the mixed images): dummy classes
-    cutmix = v2.CutMix(alpha=config.cutmix_alpha, num_classes=2) if config.augment and config.cutmix_alpha > 0 \
-        else None
-    opt = torch.optim.AdamW(student.parameters(), lr=config.lr, betas=config.betas,
-                            weight_decay=config.weight_decay)
-    n = images.shape[0]
-    student.train()
-    for epoch in range(config.epochs):
-        for group in opt.param_groups:
-            group["lr"] = config.lr * lr_factor(epoch, config.epochs)
-        order = torch.randperm(n, generator=generator).to(images.device)
-        total = 0.0
-        for s in range(0, n, config.batch_size):
-            idx = order[s:s + config.batch_size]
-            x = images[idx]
-            if aug is not None:
-                x = aug(x)
-            x = (x - mean) / std
-            if cutmix is not None:
-                x, _ = cutmix(x, torch.zeros(x.shape[0], dtype=torch.int64, device=x.device))
-            with torch.no_grad():
-                target = teacher(x)
-            loss = kd_loss(student(x), target, config.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * idx.numel()
-        if on_epoch is not None:
-            on_epoch(epoch, total / n)
-    return student
 
 
 def resolve_protocol(protocol: str, has_teacher: bool, teacher_given: bool) -> str:
@@ -160,10 +127,27 @@ def resolve_protocol(protocol: str, has_teacher: bool, teacher_given: bool) -> s
         raise ConfigError("a teacher only applies to the soft-label protocol; use --protocol soft or auto")
     if p == "soft" and not (has_teacher or teacher_given):
         raise ConfigError("the soft-label protocol needs a teacher: this distilled set ships none; "
-                          "pass one (--teacher PATH, a file from ddkit.distill.cfm.train_teacher or a CFM set)")
+                          "pass one (--teacher PATH, a file from ddkit.teacher.train_teacher or a CFM set)")
     if p == "auto":
         return "soft" if (has_teacher or teacher_given) else "hard"
     return p
+
+
+def resolve_teacher(ds, teacher_arg: Any, device: torch.device) -> tuple[Teacher, str]:
+    """The teacher for ``ds`` and where it came from: the one the set ships (``None``), a
+    path (teacher file or a set that ships one) or a :class:`~ddkit.teacher.Teacher`.
+
+    Raises:
+        ConfigError: the teacher does not fit the set. ArtifactError: unreadable file.
+    """
+    if teacher_arg is None:
+        teacher, source = Teacher.from_state(ds.teacher, ds.teacher_info, device), "shipped with the set"
+    elif isinstance(teacher_arg, Teacher):
+        teacher, source = teacher_arg.to(device), "given"
+    else:
+        teacher, source = load_teacher(Path(teacher_arg), device), str(teacher_arg)
+    teacher.check_fits(ds.dataset, ds.images.shape[1], ds.num_classes, ds.images.shape[-1])
+    return teacher, source
 
 
 def describe(config: SoftLabelConfig, teacher_desc: str, model: str) -> str:
@@ -176,64 +160,11 @@ def describe(config: SoftLabelConfig, teacher_desc: str, model: str) -> str:
             f"final-epoch test accuracy (UniDD reports the best of the last 20 % of epochs)")
 
 
-def run_soft_protocol(ds, teacher_arg: Any, test, *, model: str, runs: int, epochs: int | None, augment: bool,
-                      device: torch.device, seed: int, batch_size: int | None, progress: bool
-                      ) -> tuple[list[float], str, dict[str, Any]]:
-    """Train ``runs`` students on ``ds`` with the soft-label protocol; test each on ``test``.
-
-    Args:
-        ds: the :class:`~ddkit.artifact.DistilledSet`.
-        teacher_arg: ``None`` (use the teacher the set ships), a path (teacher file or a set
-            that ships one) or a :class:`~ddkit.distill.cfm.Teacher`.
-        test: the real test split. model: student zoo name. epochs: default 1000.
-        batch_size: default :func:`default_batch_size`. seed: student i uses ``seed + i``.
-
-    Returns:
-        (accuracies in [0, 1], protocol string, settings dict for the JSON result).
-
-    Raises:
-        ConfigError: bad epochs/batch size, or a teacher that does not fit the set.
-        ArtifactError: an unreadable teacher file.
-    """
-    from ddkit.distill.cfm import Teacher, load_teacher
-    from ddkit.models import get_model
-    from ddkit.train import accuracy
-
-    if teacher_arg is None:
-        teacher = Teacher.from_state(ds.teacher, ds.teacher_info, device)
-        source = "shipped with the set"
-    elif isinstance(teacher_arg, Teacher):
-        teacher = teacher_arg.to(device)
-        source = "given"
-    else:
-        teacher = load_teacher(Path(teacher_arg), device)
-        source = str(teacher_arg)
-    c, size = ds.images.shape[1], ds.images.shape[-1]
-    teacher.check_fits(ds.dataset, c, ds.num_classes, size)
-    epochs = 1000 if epochs is None else epochs
-    n = ds.images.shape[0]
-    bs = default_batch_size(ds.ipc, ds.num_classes, n) if batch_size is None else batch_size
-    if epochs < 1 or bs < 1:
-        raise ConfigError(f"soft-label evaluation needs epochs ≥ 1 and batch size ≥ 1, got {epochs}, {bs}")
-    cfg = SoftLabelConfig(epochs=epochs, batch_size=bs, augment=augment)
-    x = ds.images.to(device)
-    mean = torch.tensor(ds.mean, device=device).view(-1, 1, 1)
-    std = torch.tensor(ds.std, device=device).view(-1, 1, 1)
-    accs: list[float] = []
-    for i in range(runs):
-        g = torch.Generator().manual_seed(seed + i)
-        torch.manual_seed(seed + i)
-        net = get_model(model, c, ds.num_classes, size).to(device)
-        train_student_soft(net, teacher.model, x, cfg, mean=mean, std=std, generator=g)
-        acc = accuracy(net, test.images, test.labels, normalize=lambda b: (b - mean) / std)
-        accs.append(acc)
-        if progress:
-            print(f"  run {i + 1}/{runs}: {100 * acc:.2f} %", flush=True)
-    desc = f"{teacher.describe()}; {source}"
-    settings = {"name": "soft", "teacher": {**teacher.info, "source": source}, "temperature": cfg.temperature,
-                "kl_times_T2": False, "cutmix_alpha": cfg.cutmix_alpha if augment else 0.0,
-                "augmentation": "random resized crop (0.08-1) + horizontal flip + CutMix" if augment else "none",
-                "optimizer": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": list(cfg.betas),
-                "lr_schedule": "lr * 0.5 * (1 + cos(pi * epoch / (2 * epochs)))", "batch_size": bs, "epochs": epochs,
-                "reported": "final-epoch test accuracy"}
-    return accs, describe(cfg, desc, model), settings
+def settings(config: SoftLabelConfig, teacher: Teacher, source: str) -> dict[str, Any]:
+    """The machine-readable settings of a soft-label evaluation (for the JSON result)."""
+    return {"name": "soft", "teacher": {**teacher.info, "source": source}, "temperature": config.temperature,
+            "kl_times_T2": False, "cutmix_alpha": config.cutmix_alpha if config.augment else 0.0,
+            "augmentation": "random resized crop (0.08-1) + horizontal flip + CutMix" if config.augment else "none",
+            "optimizer": "AdamW", "lr": config.lr, "weight_decay": config.weight_decay, "betas": list(config.betas),
+            "lr_schedule": "lr * 0.5 * (1 + cos(pi * epoch / (2 * epochs)))", "batch_size": config.batch_size,
+            "epochs": config.epochs, "reported": "final-epoch test accuracy"}

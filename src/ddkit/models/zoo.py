@@ -17,9 +17,14 @@ Architectures (Zhao et al., DC, ICLR 2021, appendix and reference code):
 * ``vgg11`` / ``vgg11bn``: VGG-11 with instance / batch norm.
 * ``resnet18`` / ``resnet18bn``: CIFAR-style ResNet-18 (3×3 stem, no max pool) with
   instance / batch norm.
+* ``frepo-conv`` / ``frepo-convnn``: FRePo's ``conv`` (Zhou et al., NeurIPS 2022, authors'
+  JAX code) with batch norm / without normalisation (FRePo's distillation and evaluation
+  networks; options ``width``, ``depth``, ``norm``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -232,6 +237,63 @@ class ResNet18(nn.Module):
         return self.classifier(self.embed(x))
 
 
+class FRePoConvNet(nn.Module):
+    """FRePo's ``conv`` network (the authors' ``lib/models`` ``Conv``), in PyTorch.
+
+    ``depth`` blocks; block ``i``: [norm (i ≥ 1)] → Conv3×3(``width·2^i``, bias) → ReLU →
+    AvgPool 2×2. The first conv pads by 3 for 1-channel input, by 1 otherwise. Then a linear
+    classifier on the flattened features.
+
+    Args:
+        channels: C. num_classes: K. image_size: H (= W) in pixels.
+        width: channels of the first block (128). depth: blocks (3).
+        norm: ``"batch"`` (BatchNorm2d, eps 1e-5, momentum 0.9 = flax's 0.1) or ``"none"``.
+
+    Input N×C×H×W float32 (standardised); ``embed`` → N×D features with
+    D = width·2^(depth−1)·(H'/2^depth)², H' = H + 4 for 1-channel input, H otherwise;
+    ``forward`` → N×K logits. Weights: truncated LeCun normal (flax's default), biases 0.
+
+    Raises:
+        ModelError: unknown ``norm``, width/depth < 1, or the image is too small.
+    """
+
+    def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 128, depth: int = 3,
+                 norm: str = "batch"):
+        super().__init__()
+        if norm not in ("batch", "none"):
+            raise ModelError(f"frepo-conv norm must be 'batch' or 'none', got {norm!r}")
+        if width < 1 or depth < 1:
+            raise ModelError(f"frepo-conv needs width ≥ 1 and depth ≥ 1, got {width}, {depth}")
+        pad0 = 3 if channels == 1 else 1
+        size = image_size + 2 * pad0 - 2
+        layers: list[nn.Module] = []
+        c_in = channels
+        for i in range(depth):
+            if i > 0 and norm == "batch":
+                layers.append(nn.BatchNorm2d(c_in, eps=1e-5, momentum=0.9))
+            c_out = width * 2 ** i
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=pad0 if i == 0 else 1), nn.ReLU(), nn.AvgPool2d(2, 2)]
+            size //= 2  # padding 1 keeps the size through later convs; the pool halves it
+            c_in = c_out
+        if size < 1:
+            raise ModelError(f"frepo-conv depth {depth} is too deep for {image_size}×{image_size} images")
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = c_in * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        for mod in self.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                fan_in = mod.weight[0].numel()
+                std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # flax variance_scaling, truncated
+                nn.init.trunc_normal_(mod.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.zeros_(mod.bias)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.features(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
 def _convnet_variant(**fixed):
     return lambda c, k, s, **kw: ConvNet(c, k, s, **{**fixed, **kw})
 
@@ -254,6 +316,8 @@ MODELS = {
     "vgg11bn": lambda c, k, s, **kw: VGG11(c, k, s, norm="batch", **kw),
     "resnet18": lambda c, k, s, **kw: ResNet18(c, k, s, norm="instance", **kw),
     "resnet18bn": lambda c, k, s, **kw: ResNet18(c, k, s, norm="batch", **kw),
+    "frepo-conv": lambda c, k, s, **kw: FRePoConvNet(c, k, s, **kw),
+    "frepo-convnn": lambda c, k, s, **kw: FRePoConvNet(c, k, s, **{"norm": "none", **kw}),
 }
 
 

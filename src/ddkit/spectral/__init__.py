@@ -30,11 +30,18 @@ from ddkit.spectral.filters import (
     polynomial,
     psd_tolerance,
 )
-from ddkit.spectral.loss import krr_predict, krr_predict_kernel, spectral_matching_loss
-from ddkit.spectral.stats import FeatureStats, RunningStats, class_feature_stats, feature_stats, label_matrix
+from ddkit.spectral.loss import krr_predict, krr_predict_kernel, spectral_matching_loss, trace_ridge_krr
+from ddkit.spectral.stats import (
+    FeatureStats,
+    RunningStats,
+    centred_one_hot,
+    class_feature_stats,
+    feature_stats,
+    label_matrix,
+)
 
 __all__ = [
-    "FILTERS", "FeatureStats", "Filter", "RunningStats", "apply", "class_feature_stats", "custom", "feature_stats",
+    "FILTERS", "FeatureStats", "Filter", "RunningStats", "apply", "centred_one_hot", "class_feature_stats", "custom", "feature_stats",
     "get_filter", "identity", "inverse", "krr_predict", "krr_predict_kernel", "label_matrix", "linear",
-    "polynomial", "psd_tolerance", "spectral_matching_loss",
+    "polynomial", "psd_tolerance", "spectral_matching_loss", "trace_ridge_krr",
 ]

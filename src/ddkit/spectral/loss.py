@@ -171,3 +171,33 @@ def krr_predict_kernel(k_query_support: Tensor, k_support: Tensor, y_support: Te
     eye = torch.eye(n, dtype=torch.float64, device=kss.device)
     alpha = _spd_solve(kss + b * eye, y_support.to(torch.float64))
     return (k_query_support.to(torch.float64) @ alpha).to(out_dtype)
+
+
+def trace_ridge_krr(k_ts: Tensor, k_ss: Tensor, y_s: Tensor, reg: float) -> Tensor:
+    """KRR with the trace-scaled ridge of KIP and FRePo: ``K_ts (K_ss + λ' I)^-1 Y_s``,
+    ``λ' = reg · tr(K_ss) / n_s`` (KIP's and FRePo's ``nfr`` code).
+
+    The ridge's dependence on ``K_ss`` (through the trace) is differentiated, as both
+    authors' codes do (``jax.grad`` through the trace): it enters the graph as a
+    zero-valued term ``(λ' − stop_grad(λ')) I``.
+
+    Args:
+        k_ts: n_t×n_s target–support kernel. k_ss: n_s×n_s symmetric PSD support kernel.
+        y_s: n_s×k support labels (regression targets). reg: λ > 0 (dimensionless).
+
+    Returns:
+        n_t×k predictions (float64 inside; see :func:`krr_predict_kernel` for the dtype),
+        differentiable with respect to every input.
+
+    Raises:
+        ConfigError: ``reg`` not > 0, or the kernel's trace is not positive (all-zero features).
+    """
+    if not reg > 0:
+        raise ConfigError(f"the KRR ridge factor reg must be > 0, got {reg!r}")
+    n = k_ss.shape[0]
+    ridge = float(reg) * torch.diagonal(k_ss).sum().double() / n
+    if not float(ridge.detach()) > 0:
+        raise ConfigError("the support kernel has a non-positive trace (all-zero features?)")
+    eye = torch.eye(n, dtype=torch.float64, device=k_ss.device)
+    kss = k_ss.double() + (ridge - ridge.detach()) * eye
+    return krr_predict_kernel(k_ts, kss, y_s, float(ridge.detach()))

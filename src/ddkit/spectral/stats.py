@@ -56,6 +56,19 @@ class FeatureStats:
         return self.flc.dim() == 3
 
 
+def centred_one_hot(labels: Tensor, num_classes: int) -> Tensor:
+    """One-hot labels minus ``1/K``: the regression targets of KIP and FRePo (their codes'
+    ``one_hot − 1/num_classes``).
+
+    Args:
+        labels: int64 (n,) class indices in ``0..K-1``. num_classes: K.
+
+    Returns:
+        float32 n×K; each row sums to 0.
+    """
+    return F.one_hot(labels.long(), num_classes).float() - 1.0 / num_classes
+
+
 def label_matrix(y: Tensor, num_classes: int | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
     """Labels as an n×k float matrix: int64 class indices (n,) are one-hot encoded
     (``num_classes`` required); an n×k float matrix (soft labels) is cast to ``dtype``.
