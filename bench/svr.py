@@ -278,8 +278,8 @@ def kip_distill_table(args):
     """
     import torch
 
-    from ddkit.tabular import kip_tabular, median_bandwidth, rbf_kernel
     from ddkit.spectral.loss import krr_predict_kernel
+    from ddkit.tabular import kip_tabular, median_bandwidth, rbf_kernel
 
     reps = args.reps if args.reps is not None else 10
     load = real("diabetes")

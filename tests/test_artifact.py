@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ddkit.artifact import DistilledSet
+from ddkit import io
+from ddkit.artifact import FORMAT, DistilledSet
 from ddkit.errors import ArtifactError, OutputError
 
 
@@ -14,7 +15,11 @@ def _set(soft=False, lr=None):
     labels = torch.softmax(torch.randn(20, 10), 1) if soft else torch.arange(10).repeat(2)
     return DistilledSet(images=torch.rand(20, 1, 28, 28), labels=labels, method="dm", dataset="fashion-mnist",
                         mean=(0.2861,), std=(0.353,), class_names=[str(i) for i in range(10)], ipc=2,
-                        seed=3, config={"lr_img": 1.0}, lr=lr)
+                        seed=3, config={"lr_img": 1.0}, lr=lr, label_kind="probabilities" if soft else None)
+
+
+def _header(ds, **change):
+    return json.dumps({**ds._meta(), "format": FORMAT, **change}, sort_keys=True)
 
 
 @pytest.mark.parametrize("soft,lr", [(False, None), (True, 0.01)])
@@ -50,8 +55,8 @@ def test_tampered_file_is_refused(tmp_path):
 
 def test_metadata_tamper_is_refused(tmp_path):
     ds = _set()
-    meta = json.dumps({**ds._meta(), "ipc": 50}, sort_keys=True)
-    digest = DistilledSet._digest(ds._tensors(), json.dumps(ds._meta(), sort_keys=True))
+    meta = _header(ds, ipc=50)
+    digest = io.tensor_digest(ds._tensors(), _header(ds))
     save_file(ds._tensors(), str(tmp_path / "t.safetensors"), metadata={"ddkit": meta, "sha256": digest})
     with pytest.raises(ArtifactError, match="SHA-256"):
         DistilledSet.load(tmp_path / "t.safetensors")
@@ -73,9 +78,9 @@ def test_nan_images_refused_even_with_a_valid_hash(tmp_path):
     with pytest.raises(ArtifactError, match="NaN"):
         DistilledSet(**{**ds.__dict__, "images": torch.full((20, 1, 28, 28), float("nan"))})
     tensors = {"images": torch.full((20, 1, 28, 28), float("nan")), "labels": ds.labels}
-    meta = json.dumps(ds._meta(), sort_keys=True)
+    meta = _header(ds)
     save_file(tensors, str(tmp_path / "n.safetensors"),
-              metadata={"ddkit": meta, "sha256": DistilledSet._digest(tensors, meta)})
+              metadata={"ddkit": meta, "sha256": io.tensor_digest(tensors, meta)})
     with pytest.raises(ArtifactError, match="NaN"):
         DistilledSet.load(tmp_path / "n.safetensors")
 
@@ -89,3 +94,44 @@ def test_bad_shapes_and_unwritable_path(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError):
         ds.save(tmp_path / "file" / "sub" / "s.safetensors")
+
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+def test_sets_written_by_ddkit_0_1_still_load():
+    """Format /1 files (ddkit 0.1.0, kept in tests/data) load; their label kind is derived once."""
+    kip = DistilledSet.load(DATA / "v1_kip_fmnist_ipc1.safetensors")
+    assert kip.version == "0.1.0" and kip.method == "kip" and kip.label_kind == "regression"
+    assert kip.labels.shape == (10, 10) and kip.images.shape == (10, 1, 28, 28)
+    cfm = DistilledSet.load(DATA / "v1_cfm_fmnist_ipc1.safetensors")
+    assert cfm.label_kind == "hard" and cfm.has_teacher and cfm.teacher_info["model"] == "convnet-w32"
+
+
+def test_label_kind_is_declared_and_checked(tmp_path):
+    with pytest.raises(ArtifactError, match="label_kind"):
+        _set(soft=True).__class__(**{**_set(soft=True).__dict__, "label_kind": None})
+    with pytest.raises(ArtifactError, match="hard labels"):
+        DistilledSet(**{**_set().__dict__, "label_kind": "regression"})
+    ds = _set(soft=True)
+    ds.label_kind = "regression"
+    ds.save(tmp_path / "r.safetensors")
+    assert DistilledSet.load(tmp_path / "r.safetensors").label_kind == "regression"
+
+
+def test_named_extra_tensors_round_trip_and_unknown_versions_are_refused(tmp_path):
+    ds = DistilledSet(**{**_set().__dict__, "tensors": {"trigger": torch.ones(1, 3, 3)}})
+    ds.save(tmp_path / "x.safetensors")
+    back = DistilledSet.load(tmp_path / "x.safetensors")
+    assert torch.equal(back.tensors["trigger"], torch.ones(1, 3, 3))
+    tensors = back._tensors()
+    meta = _header(back, format="ddkit.distilled-set/9")
+    save_file(tensors, str(tmp_path / "v9.safetensors"),
+              metadata={"ddkit": meta, "sha256": io.tensor_digest(tensors, meta)})
+    with pytest.raises(ArtifactError, match="ddkit.distilled-set/9.*upgrade ddkit"):
+        DistilledSet.load(tmp_path / "v9.safetensors")
+    meta = _header(back, colour="red")
+    save_file(tensors, str(tmp_path / "odd.safetensors"),
+              metadata={"ddkit": meta, "sha256": io.tensor_digest(tensors, meta)})
+    with pytest.raises(ArtifactError, match="unknown header fields"):
+        DistilledSet.load(tmp_path / "odd.safetensors")

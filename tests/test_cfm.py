@@ -11,25 +11,25 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import ddkit
-from ddkit.artifact import DistilledSet
+from ddkit import io
+from ddkit.artifact import FORMAT, DistilledSet
 from ddkit.cli import app
 from ddkit.distill import base
 from ddkit.distill.cfm import (
     ConvStatsRecorder,
-    Teacher,
     beta_schedule,
     cfm_layer_loss,
     conv_input_stats,
     conv_layers,
     emu_update,
-    load_teacher,
     make_filter,
     real_statistics,
-    train_teacher,
 )
 from ddkit.errors import ArtifactError, ConfigError
-from ddkit.evaluate.soft import default_batch_size, kd_loss, lr_factor
+from ddkit.evaluate.soft import SoftLabelConfig, default_batch_size
 from ddkit.models import get_model
+from ddkit.teacher import Teacher, load_teacher, train_teacher
+from ddkit.train import TrainConfig, make_optimizer, train_loss
 
 FAST = {"teacher_model": "convnet-w32", "teacher_subset": 20, "teacher_epochs": 1, "stats_images": 300,
         "measure_teacher": False}
@@ -53,7 +53,7 @@ def teacher_file(fmnist, tmp_path_factory):
 @pytest.fixture(scope="module")
 def cfm_set(fmnist, teacher_file):
     real, _ = fmnist
-    return ddkit.distill(real, "cfm", 2, iterations=3, config={**FAST, "teacher": str(teacher_file)}, seed=1, **KW)
+    return ddkit.distill(real, "cfm", 2, iterations=6, config={**FAST, "teacher": str(teacher_file)}, seed=1, **KW)
 
 
 # ------------------------------------------------------------------ statistics
@@ -189,8 +189,9 @@ def test_cfm_on_fashion_mnist_via_api(fmnist, cfm_set):
     assert torch.equal(ds.labels, torch.arange(10).repeat_interleave(2))
     assert ds.has_teacher and ds.teacher_info["model"] == "convnet-w32"
     e = ds.extra
-    assert e["iterations"] == 3 and e["total_iterations"] == 6 and e["iterations_run"] == 6
-    assert e["betas"] == [pytest.approx(0.1), pytest.approx(0.05)] and e["lr_img"] == 0.25
+    assert e["iterations"] == 6 and e["iterations_per_batch"] == 3 and e["iterations_run"] == 6
+    assert e["betas"] == [pytest.approx(0.1), pytest.approx(0.05)] and ds.config["lr_img"] == 0.25
+    assert ds.config["iterations"] == 6 and ds.config["band"] == "hfm" and ds.label_kind == "hard"
     assert 0 <= e["teacher_agreement"] <= 1 and math.isfinite(e["final_loss"])
     cfg = {**FAST, "teacher": ds.teacher_info["source"]}
     init = ddkit.distill(real, "cfm", 2, iterations=0, config=cfg, seed=1, **KW)
@@ -199,12 +200,14 @@ def test_cfm_on_fashion_mnist_via_api(fmnist, cfm_set):
         cls = real.float_images(real.class_indices()[int(init.labels[i])])
         assert (cls - init.images[i]).flatten(1).abs().amax(1).min() < 1e-5
     # other flags run: LFM, linear schedule, no EMU, final-image EMU statistics, no flip
-    other = ddkit.distill(real, "cfm", 2, iterations=2, seed=1, config={
-        **cfg, "filter": "lfm", "schedule": "linear", "emu_stats": "final", "flip": False, "jitter": 0}, **KW)
+    other = ddkit.distill(real, "cfm", 2, iterations=4, seed=1, config={
+        **cfg, "band": "lfm", "schedule": "linear", "emu_stats": "final", "flip": False, "jitter": 0}, **KW)
     assert other.extra["betas"] == [pytest.approx(0.1), pytest.approx(0.05)]
     assert not torch.equal(other.images, ds.images)
-    with pytest.raises(ConfigError, match="filter"):
-        ddkit.distill(real, "cfm", 1, config={"filter": "mid"}, **KW)
+    with pytest.raises(ConfigError, match="band"):
+        ddkit.distill(real, "cfm", 1, config={"band": "mid"}, **KW)
+    with pytest.raises(ConfigError, match="multiple of IPC 2; got 5, use 4 or 6"):
+        ddkit.distill(real, "cfm", 2, iterations=5, config=cfg, **KW)
 
 
 def test_cfm_trains_its_own_teacher_and_is_deterministic(fmnist):
@@ -220,28 +223,29 @@ def test_cfm_trains_its_own_teacher_and_is_deterministic(fmnist):
 def test_cfm_resume_equals_unbroken_run(fmnist, teacher_file, tmp_path, monkeypatch):
     real, _ = fmnist
     cfg = {**FAST, "teacher": str(teacher_file), "checkpoint_every": 1}
-    whole = ddkit.distill(real, "cfm", 2, iterations=3, config=cfg, seed=2, **KW)
+    whole = ddkit.distill(real, "cfm", 2, iterations=6, config=cfg, seed=2, **KW)
     ck = tmp_path / "cfm.ckpt"
     saves = {"n": 0}
-    original = base.Checkpoint.save
+    original = base.Distiller._save
 
-    def interrupting_save(self, path):
-        original(self, path)
+    def interrupting_save(self, *args):
+        original(self, *args)
         saves["n"] += 1
-        if saves["n"] == 6:  # after step 5 of 6: batch 0 finished, batch 1 at step 2 of 3
+        if saves["n"] == 6:  # teacher ready, then steps 1..5 of 6: batch 0 finished, batch 1 at step 2 of 3
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(base.Checkpoint, "save", interrupting_save)
+    monkeypatch.setattr(base.Distiller, "_save", interrupting_save)
     with pytest.raises(KeyboardInterrupt):
-        ddkit.distill(real, "cfm", 2, iterations=3, config=cfg, seed=2, checkpoint=ck, **KW)
-    monkeypatch.setattr(base.Checkpoint, "save", original)
-    saved = base.Checkpoint.load(ck)
-    assert saved.iteration == 5 and {"done", "cur", "adam_exp_avg", "emu_cov.0", "real_cov.2"} <= set(saved.tensors)
-    resumed = ddkit.distill(real, "cfm", 2, iterations=3, config=cfg, seed=2, checkpoint=ck, resume=True, **KW)
+        ddkit.distill(real, "cfm", 2, iterations=6, config=cfg, seed=2, checkpoint=ck, **KW)
+    monkeypatch.setattr(base.Distiller, "_save", original)
+    saved = base.Checkpoint.read(ck)
+    assert saved.iteration == 5
+    assert {"t.done", "t.cur", "o.cur.0.exp_avg", "t.emu_cov.0", "t.real_cov.2"} <= set(saved.tensors)
+    resumed = ddkit.distill(real, "cfm", 2, iterations=6, config=cfg, seed=2, checkpoint=ck, resume=True, **KW)
     assert resumed.extra["iterations_run"] == 1
     torch.testing.assert_close(resumed.images, whole.images, rtol=0, atol=1e-6)
     with pytest.raises(ConfigError, match="other settings"):
-        ddkit.distill(real, "cfm", 2, iterations=4, config=cfg, seed=2, checkpoint=ck, resume=True, **KW)
+        ddkit.distill(real, "cfm", 2, iterations=8, config=cfg, seed=2, checkpoint=ck, resume=True, **KW)
 
 
 # ------------------------------------------------------------------ artifact with a teacher
@@ -274,14 +278,14 @@ def test_artifact_with_teacher_roundtrip_and_tamper(cfm_set, tmp_path):
     tensors = {"images": back.images, "labels": back.labels, "teacher.w": torch.ones(2)}
     meta = back._meta()
     meta.pop("teacher_info")
-    meta_json = json.dumps(meta, sort_keys=True)
+    meta_json = json.dumps({**meta, "format": FORMAT}, sort_keys=True)
     save_file(tensors, str(tmp_path / "odd.safetensors"),
-              metadata={"ddkit": meta_json, "sha256": DistilledSet._digest(tensors, meta_json)})
+              metadata={"ddkit": meta_json, "sha256": io.tensor_digest(tensors, meta_json)})
     with pytest.raises(ArtifactError, match="teacher"):
         DistilledSet.load(tmp_path / "odd.safetensors")
     tensors = {"images": back.images, "labels": back.labels, "extra_thing": torch.ones(2)}
     save_file(tensors, str(tmp_path / "odd2.safetensors"),
-              metadata={"ddkit": meta_json, "sha256": DistilledSet._digest(tensors, meta_json)})
+              metadata={"ddkit": meta_json, "sha256": io.tensor_digest(tensors, meta_json)})
     with pytest.raises(ArtifactError, match="unexpected tensors"):
         DistilledSet.load(tmp_path / "odd2.safetensors")
     plain = DistilledSet(images=back.images, labels=back.labels, method="random", dataset="fashion-mnist",
@@ -293,9 +297,22 @@ def test_artifact_with_teacher_roundtrip_and_tamper(cfm_set, tmp_path):
 def test_soft_protocol_pieces():
     s, t = torch.randn(4, 10), torch.randn(4, 10)
     want = (torch.softmax(t / 20, 1) * (torch.log_softmax(t / 20, 1) - torch.log_softmax(s / 20, 1))).sum(1).mean()
-    torch.testing.assert_close(kd_loss(s, t, 20.0), want)
-    assert float(kd_loss(t, t, 20.0)) == pytest.approx(0, abs=1e-7)
-    assert lr_factor(0, 100) == 1 and lr_factor(100, 100) == pytest.approx(0.5)
+    cfg = SoftLabelConfig(epochs=100).train_config()
+    assert (cfg.loss, cfg.optimizer, cfg.schedule, cfg.temperature) == ("kd", "adamw", "half_cosine", 20.0)
+    torch.testing.assert_close(train_loss(s, t, cfg), want)
+    assert float(train_loss(t, t, cfg)) == pytest.approx(0, abs=1e-7)
+    from ddkit.train import _scheduler
+
+    opt = make_optimizer([torch.zeros(1, requires_grad=True)], cfg)
+    sched = _scheduler(opt, cfg)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3) and lrs[50] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)  # after E epochs: half the initial lr
+    assert TrainConfig(epochs=10).schedule == "step"
     assert [default_batch_size(i, 10, 10 * i) for i in (1, 10, 50)] == [10, 50, 100]
     assert default_batch_size(10, 100, 1000) == 100 and default_batch_size(2, 10, 20) == 20
 

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from ddkit.artifact import DistilledSet
+from ddkit import io
+from ddkit.artifact import FORMAT, DistilledSet
 from ddkit.cli import app
 
 runner = CliRunner()
@@ -59,9 +60,9 @@ def test_tampered_and_nan_files(tmp_path, digits_set):
     _assert_user_error(_run("show", tampered, "--out", tmp_path / "g.png"), "SHA-256")
     ds = DistilledSet.load(digits_set)
     tensors = {"images": torch.full_like(ds.images, float("nan")), "labels": ds.labels}
-    meta = json.dumps(ds._meta(), sort_keys=True)
+    meta = json.dumps({**ds._meta(), "format": FORMAT}, sort_keys=True)
     save_file(tensors, str(tmp_path / "n.safetensors"), metadata={"ddkit": meta,
-                                                                 "sha256": DistilledSet._digest(tensors, meta)})
+                                                                 "sha256": io.tensor_digest(tensors, meta)})
     _assert_user_error(_run("evaluate", tmp_path / "n.safetensors"), "NaN")
 
 

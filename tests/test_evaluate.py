@@ -5,16 +5,16 @@ import torch
 import ddkit
 
 
-def _set(real, labels):
+def _set(real, labels, kind):
     sub = real.per_class_subset(5, seed=0)
     return ddkit.DistilledSet(images=sub.float_images(), labels=labels(sub.labels), method="test", dataset="digits",
-                              mean=real.mean, std=real.std, class_names=real.class_names, ipc=5)
+                              mean=real.mean, std=real.std, class_names=real.class_names, ipc=5, label_kind=kind)
 
 
 def test_regression_labels_train_with_mse_and_probabilities_with_ce(digits):
     real, test = digits
-    centred = _set(real, lambda y: torch.nn.functional.one_hot(y, 10).float() - 0.1)  # KIP-style targets
-    probs = _set(real, lambda y: torch.nn.functional.one_hot(y, 10).float() * 0.9 + 0.01)
+    centred = _set(real, lambda y: torch.nn.functional.one_hot(y, 10).float() - 0.1, "regression")  # KIP-style
+    probs = _set(real, lambda y: torch.nn.functional.one_hot(y, 10).float() * 0.9 + 0.01, "probabilities")
     r_mse = ddkit.evaluate(centred, runs=1, epochs=40, augment=False, device="cpu", test=test)
     r_ce = ddkit.evaluate(probs, runs=1, epochs=40, augment=False, device="cpu", test=test)
     assert "MSE" in r_mse.protocol and "CE" in r_ce.protocol and "MSE" not in r_ce.protocol

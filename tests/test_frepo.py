@@ -11,16 +11,15 @@ from ddkit.artifact import DistilledSet
 from ddkit.cli import app
 from ddkit.distill.base import Checkpoint
 from ddkit.distill.frepo import (
-    FRePoConvNet,
-    Lamb,
     cosine_lr,
     frepo_krr_predict,
     frepo_loss,
     label_margin_loss,
 )
-from ddkit.distill.kip import centred_one_hot
 from ddkit.errors import ConfigError
-from ddkit.spectral import krr_predict
+from ddkit.models.zoo import FRePoConvNet
+from ddkit.optim import Lamb
+from ddkit.spectral import centred_one_hot, krr_predict
 
 TINY = {"width": 8, "depth": 2, "batch_real": 64, "num_models": 2, "max_online_updates": 2, "checkpoint_every": 1}
 
@@ -101,7 +100,7 @@ def test_pool_ages_are_staggered_and_networks_reset_past_the_age_limit(digits, t
     ck = tmp_path / "a.ckpt"
     ddkit.distill(real, "frepo", 1, iterations=1, checkpoint=ck,
                   config={**TINY, "num_models": 4, "max_online_updates": 8}, **kw)
-    ages = Checkpoint.load(ck).tensors["pool_ages"].tolist()
+    ages = Checkpoint.read(ck).values["ages"]
     assert sum(ages) == 13 and len({0, 2, 4, 6} & set(ages)) == 3
     # one network, limit 2: trained at ages 0, 1, 2 (→ 3), re-initialised at iteration 4
     cfg = {**TINY, "num_models": 1, "max_online_updates": 2}
@@ -109,12 +108,12 @@ def test_pool_ages_are_staggered_and_networks_reset_past_the_age_limit(digits, t
     for n in (1, 2, 3, 4):
         path = tmp_path / f"r{n}.ckpt"
         out = ddkit.distill(real, "frepo", 1, iterations=n, checkpoint=path, config={**cfg, "lr_decay_steps": 4}, **kw)
-        states[n] = Checkpoint.load(path).tensors
+        states[n] = Checkpoint.read(path).tensors
         assert out.extra["resets"] == (1 if n == 4 else 0)
-    assert [int(states[n]["pool_ages"][0]) for n in (1, 2, 3, 4)] == [1, 2, 3, 0]
-    w = "pool0.net.features.0.weight"
+        assert Checkpoint.read(path).values["ages"][0] == [1, 2, 3, 0][n - 1]
+    w = "m.pool0.features.0.weight"
     assert (states[2][w] - states[1][w]).abs().max() > 0  # online training moves the network
-    assert "pool0.adam0_exp_avg" in states[3] and "pool0.adam0_exp_avg" not in states[4]  # fresh optimiser
+    assert "o.pool0.0.exp_avg" in states[3] and "o.pool0.0.exp_avg" not in states[4]  # fresh optimiser
     fresh = FRePoConvNet(1, 10, 8, width=8, depth=2).features[0].weight
     assert (states[4][w] - states[3][w]).abs().max() > 0
     assert float(states[4][w].std()) == pytest.approx(float(fresh.detach().std()), rel=0.5)  # a new LeCun-normal draw
@@ -158,10 +157,10 @@ def test_resume_equals_unbroken_run(digits, tmp_path):
     whole = ddkit.distill(real, "frepo", 2, iterations=5, **kw)
     ck = tmp_path / "f.ckpt"
     ddkit.distill(real, "frepo", 2, iterations=3, checkpoint=ck, **kw)
-    saved = Checkpoint.load(ck).tensors
-    assert {"syn", "labels", "opt_syn_exp_avg", "opt_syn_exp_avg_sq", "opt_syn_step", "opt_labels_exp_avg",
-            "pool_ages", "pool0.net.features.3.running_mean", "pool1.net.features.3.running_var"} <= set(saved)
-    assert float(saved["opt_syn_step"]) == 3.0
+    saved = Checkpoint.read(ck).tensors
+    assert {"t.syn", "t.labels", "o.img.0.exp_avg", "o.img.0.exp_avg_sq", "o.img.0.step", "o.img.1.exp_avg",
+            "m.pool0.features.3.running_mean", "m.pool1.features.3.running_var"} <= set(saved)
+    assert float(saved["o.img.0.step"]) == 3.0
     resumed = ddkit.distill(real, "frepo", 2, iterations=5, checkpoint=ck, resume=True, **kw)
     assert resumed.extra["iterations_run"] == 2 and whole.extra["resets"] >= 1
     torch.testing.assert_close(resumed.images, whole.images, rtol=0, atol=1e-6)

@@ -108,7 +108,7 @@ def test_dc_and_dsa_distil_digits_and_change_the_images(digits, method):
     assert out.labels.tolist() == list(range(10))
     assert (out.images - init.images).abs().max() > 1e-4
     assert out.extra["iterations"] == 2 and out.extra["iterations_run"] == 2
-    assert (out.extra["outer_loop"], out.extra["inner_loop"]) == (1, 1)
+    assert (out.config["outer_loop"], out.config["inner_loop"]) == (1, 1)
     assert out.config["dsa"] is (method == "dsa")
 
 
@@ -116,10 +116,10 @@ def test_dc_uses_the_ipc_loops_and_batched_flag(digits):
     real, _ = digits
     cfg = {**TINY, "batched": True}
     out = ddkit.distill(real, "dc", 2, iterations=1, config=cfg, device="cpu", progress=False)
-    assert (out.extra["outer_loop"], out.extra["inner_loop"]) == (1, 1)
+    assert (out.config["outer_loop"], out.config["inner_loop"]) == (1, 1)
     cfg = {**TINY, "outer_loop": 2, "inner_loop": 1}
     out = ddkit.distill(real, "dc", 2, iterations=1, config=cfg, device="cpu", progress=False)
-    assert (out.extra["outer_loop"], out.extra["inner_loop"]) == (2, 1)
+    assert (out.config["outer_loop"], out.config["inner_loop"]) == (2, 1)
     with pytest.raises(ConfigError):
         ddkit.distill(real, "dc", 1, iterations=1, config={**TINY, "model": "convnetbn"}, device="cpu",
                       progress=False)

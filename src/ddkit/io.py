@@ -115,7 +115,7 @@ def read_header(path: str | Path, formats: tuple[str, ...], *, what: str = "ddki
     meta = _metadata(p, what)
     key = next((k for k in header_keys if k in meta), None)
     if key is None:
-        raise ArtifactError(f"{str(p)!r} is a safetensors file but not a {what}")
+        raise ArtifactError(f"{str(p)!r} is a safetensors file but not a ddkit {what}")
     try:
         header = json.loads(meta[key])
     except json.JSONDecodeError as exc:
@@ -140,7 +140,7 @@ def read(path: str | Path, formats: tuple[str, ...], *, what: str = "ddkit file"
     meta = _metadata(p, what)
     key = next((k for k in header_keys if k in meta), None)
     if key is None or HASH_KEY not in meta:
-        raise ArtifactError(f"{str(p)!r} is a safetensors file but not a {what}")
+        raise ArtifactError(f"{str(p)!r} is a safetensors file but not a ddkit {what}")
     try:
         tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -349,7 +349,9 @@ class Distiller(ABC):
         return {}
 
     def check(self, ctx: RunContext) -> None:
-        """Refuse settings that cannot work on this data (ConfigError). Default: none."""
+        """Refuse settings that cannot work on this data (ConfigError), and prepare what the
+        run needs before its checkpoint identity is known (into ``ctx.aux``). Default: nothing."""
+        return None
 
     @abstractmethod
     def init_state(self, ctx: RunContext) -> LoopState:

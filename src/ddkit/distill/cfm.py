@@ -418,14 +418,15 @@ class CFMDistiller(Distiller):
                 stats_x = real_x
             real_stats = real_statistics(teacher.model, stats_x, batch_size=cfg.batch_real, device=device)
         k = ctx.num_classes
-        init_idx = sample_per_class(ctx.real.class_indices(), ctx.ipc, iteration_generator(ctx.seed, -1)).view(k, ctx.ipc)
+        init_idx = sample_per_class(ctx.real.class_indices(), ctx.ipc, iteration_generator(ctx.seed, -1))
+        init_idx = init_idx.view(k, ctx.ipc)
         lo = ctx.real.normalize(torch.zeros(1, ctx.channels, 1, 1)).to(device)
         hi = ctx.real.normalize(torch.ones(1, ctx.channels, 1, 1)).to(device)
         tensors = {**{f"teacher.{n}": v for n, v in teacher.state_dict().items()}, **_stats_tensors("real", real_stats)}
         return LoopState(tensors=tensors, values={"teacher_info": dict(teacher.info)},
                          aux={"teacher": teacher, "real_stats": real_stats, "init_idx": init_idx, "lo": lo, "hi": hi,
-                              "aug": _SynthesisAug(ctx.image_size, cfg.flip, cfg.jitter), "y": torch.arange(k, device=device),
-                              "batch": None})
+                              "aug": _SynthesisAug(ctx.image_size, cfg.flip, cfg.jitter),
+                              "y": torch.arange(k, device=device), "batch": None})
 
     # ------------------------------------------------------------------ batches
     def _start_batch(self, state: LoopState, ctx: RunContext, b: int, resume_cur: bool = False) -> None:

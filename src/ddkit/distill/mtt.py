@@ -331,7 +331,8 @@ class MTTDistiller(Distiller):
     def init_state(self, ctx: RunContext) -> LoopState:
         cfg, device = ctx.config, ctx.device
         real_x = ctx.real.normalize(ctx.real.float_images())  # on the CPU: only the initial images are needed
-        syn = initial_synthetic(real_x, ctx.real.class_indices(), ctx.ipc, cfg.init, iteration_generator(ctx.seed, -1))
+        g0 = iteration_generator(ctx.seed, -1)
+        syn = initial_synthetic(real_x, ctx.real.class_indices(), ctx.ipc, cfg.init, g0)
         del real_x
         syn = syn.to(device).requires_grad_(True)
         syn_lr = torch.tensor(float(cfg.lr_teacher), device=device).requires_grad_(True)

@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator
 
 from ddkit.artifact import DistilledSet
 from ddkit.augment import DSA
@@ -54,7 +54,15 @@ class EvalConfig(BaseModel):
     augment: bool = True
     seed: int = 0
     batch_size: PositiveInt | None = None
-    protocol: Literal["hard", "soft", "auto"] = "auto"
+    protocol: str = "auto"
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, v: str) -> str:
+        key = str(v).strip().lower()
+        if key not in soft.PROTOCOLS:
+            raise ValueError(f"unknown evaluation protocol {v!r}; use hard, soft or auto")
+        return key
 
 
 @dataclass
@@ -133,7 +141,8 @@ def _config(**kwargs) -> EvalConfig:
     try:
         return EvalConfig(**kwargs)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                    for e in exc.errors()]
         raise ConfigError("evaluation settings: " + "; ".join(problems)) from None
 
 
@@ -161,7 +170,7 @@ def train_networks(
     """
     ds = distilled if isinstance(distilled, DistilledSet) else DistilledSet.load(distilled)
     cfg = _config(model=model, runs=runs, epochs=epochs, augment=augment, seed=seed, batch_size=batch_size,
-                  protocol=str(protocol).strip().lower() if isinstance(protocol, str) else protocol)
+                  protocol=protocol)
     chosen = soft.resolve_protocol(cfg.protocol, ds.has_teacher, teacher is not None)
     dev = resolve_device(device)
     c, size = ds.images.shape[1], ds.images.shape[-1]
@@ -258,7 +267,7 @@ def evaluate(
     """
     ds = distilled if isinstance(distilled, DistilledSet) else DistilledSet.load(distilled)
     _config(model=model, runs=runs, epochs=epochs, augment=augment, seed=seed, batch_size=batch_size,
-            protocol=str(protocol).strip().lower() if isinstance(protocol, str) else protocol)
+            protocol=protocol)
     test = _test_split(ds, test, data_root)
     k = ds.num_classes
     accs: list[float] = []

@@ -41,7 +41,8 @@ from ddkit.spectral.stats import (
 )
 
 __all__ = [
-    "FILTERS", "FeatureStats", "Filter", "RunningStats", "apply", "centred_one_hot", "class_feature_stats", "custom", "feature_stats",
+    "FILTERS", "FeatureStats", "Filter", "RunningStats", "apply", "centred_one_hot",
+    "class_feature_stats", "custom", "feature_stats",
     "get_filter", "identity", "inverse", "krr_predict", "krr_predict_kernel", "label_matrix", "linear",
     "polynomial", "psd_tolerance", "spectral_matching_loss", "trace_ridge_krr",
 ]
