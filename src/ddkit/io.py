@@ -95,6 +95,24 @@ def _check_format(p: Path, header: dict[str, Any], formats: tuple[str, ...], wha
     raise ArtifactError(f"{str(p)!r} is not a {what} (format {fmt!r}, expected {', '.join(formats)})")
 
 
+def _header_key(p: Path, meta: dict[str, str], header_keys: tuple[str, ...], what: str, hashed: bool) -> str:
+    key = next((k for k in header_keys if k in meta), None)
+    if key is None or (hashed and HASH_KEY not in meta):
+        raise ArtifactError(f"{str(p)!r} is a safetensors file but not a ddkit {what}")
+    return key
+
+
+def _parse_header(p: Path, raw: str, formats: tuple[str, ...], what: str) -> dict[str, Any]:
+    try:
+        header = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{str(p)!r} has a malformed header ({exc})") from None
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{str(p)!r} has a malformed header (not a JSON object)")
+    _check_format(p, header, formats, what)
+    return header
+
+
 def read_header(path: str | Path, formats: tuple[str, ...], *, what: str = "ddkit file",
                 header_keys: tuple[str, ...] = (HEADER_KEY,)) -> dict[str, Any]:
     """The JSON header of a container file, format-checked, without reading the tensors.
@@ -113,17 +131,7 @@ def read_header(path: str | Path, formats: tuple[str, ...], *, what: str = "ddki
     """
     p = Path(path)
     meta = _metadata(p, what)
-    key = next((k for k in header_keys if k in meta), None)
-    if key is None:
-        raise ArtifactError(f"{str(p)!r} is a safetensors file but not a ddkit {what}")
-    try:
-        header = json.loads(meta[key])
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{str(p)!r} has a malformed header ({exc})") from None
-    if not isinstance(header, dict):
-        raise ArtifactError(f"{str(p)!r} has a malformed header (not a JSON object)")
-    _check_format(p, header, formats, what)
-    return header
+    return _parse_header(p, meta[_header_key(p, meta, header_keys, what, hashed=False)], formats, what)
 
 
 def read(path: str | Path, formats: tuple[str, ...], *, what: str = "ddkit file",
@@ -138,20 +146,11 @@ def read(path: str | Path, formats: tuple[str, ...], *, what: str = "ddkit file"
     """
     p = Path(path)
     meta = _metadata(p, what)
-    key = next((k for k in header_keys if k in meta), None)
-    if key is None or HASH_KEY not in meta:
-        raise ArtifactError(f"{str(p)!r} is a safetensors file but not a ddkit {what}")
+    key = _header_key(p, meta, header_keys, what, hashed=True)
     try:
         tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"{what} {str(p)!r} cannot be read: {str(exc).splitlines()[0]}") from None
     if tensor_digest(tensors, meta[key]) != meta[HASH_KEY]:
         raise ArtifactError(f"{str(p)!r} failed its SHA-256 check: the file was modified or is corrupt")
-    try:
-        header = json.loads(meta[key])
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{str(p)!r} has a malformed header ({exc})") from None
-    if not isinstance(header, dict):
-        raise ArtifactError(f"{str(p)!r} has a malformed header (not a JSON object)")
-    _check_format(p, header, formats, what)
-    return tensors, header
+    return tensors, _parse_header(p, meta[key], formats, what)

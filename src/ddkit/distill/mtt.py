@@ -33,8 +33,8 @@ IPC > 10 → row 50: the method's ``ipc_defaults`` table with the ``ceil`` rule)
 ``syn_steps``, ``expert_epochs``, ``max_start_epoch``, ``lr_lr`` and ``lr_teacher``, and
 ``lr_img = 1000``, the value of the only non-ZCA row (and the default of the reference
 ``distill.py``); the ZCA rows' 100 belongs to whitened pixels. Leaving a field at ``None``
-selects that value; the set's ``config`` records the resolved values. Other defaults are the reference code's: 5000 iterations,
-real initialisation, ``batch_syn`` = the whole synthetic set, DSA
+selects that value; the set's ``config`` records the resolved values. Other defaults are
+the reference code's: 5000 iterations, real initialisation, ``batch_syn`` = the whole synthetic set, DSA
 ``color_crop_cutout_flip_scale_rotate``, the buffer's network (ConvNet-3).
 
 Choices and deviations (``min_syn_lr`` is a setting; the others are fixed behaviour):
