@@ -137,7 +137,7 @@ def prerequisites(method: str, name: str, train, args, cache: dict) -> tuple[dic
             cfg["batch_syn"] = args.mtt_batch_syn
         cache[key] = (cfg, *_build_time(path, c))
     elif method in ("cfm", "random-soft"):
-        from ddkit.distill.cfm import train_teacher
+        from ddkit.teacher import train_teacher
 
         path = CACHE / f"{name}-teacher-e{args.cfm_teacher_epochs}-s{args.cfm_teacher_subset}.safetensors"
         with Clock() as c:
@@ -261,7 +261,9 @@ def main() -> None:
                     elif method == "random-soft":  # CFM's like-for-like baseline: random images, same teacher
                         ds = ddkit.distill(train, "random", ipc, seed=args.seed, progress=False)
                     else:
-                        it = {"iterations": budget[method]} if method in budget else {}
+                        # the budgets count CFM's steps per IPC batch; its iterations count every step
+                        per = ipc if method == "cfm" else 1
+                        it = {"iterations": budget[method] * per} if method in budget else {}
                         ds = ddkit.distill(train, method, ipc, seed=args.seed, progress=False, config=extra, **it)
                 if method == "herding":
                     if herding_sets[name][1] == 0.0:
@@ -275,7 +277,8 @@ def main() -> None:
                 pub, src = published(method, name, ipc)
                 cell = {"method": method, "dataset": name, "ipc": ipc, "mean": res.mean, "std": res.std,
                         "accuracies": res.accuracies, "published": pub, "published_source": src,
-                        "iterations": ds.extra.get("iterations"), "paper_iterations": PAPER_ITERATIONS.get(method),
+                        "iterations": ds.extra.get("iterations_per_batch", ds.extra.get("iterations")),
+                        "paper_iterations": PAPER_ITERATIONS.get(method),
                         "eval_epochs": res.epochs, "runs": res.runs, "protocol": res.protocol,
                         "distill_seconds": round(dwall, 1), "distill_cpu_seconds": round(dcpu, 1),
                         "prereq_seconds": round(pre_wall, 1), "prereq_cpu_seconds": round(pre_cpu, 1),
@@ -305,8 +308,8 @@ def main() -> None:
                 for b in CURVE_BUDGETS[method]:
                     with Clock() as c:
                         if method == "cfm":  # a per-batch budget: every batch changes, so a fresh run each
-                            ds = ddkit.distill(train, method, ipc, iterations=b, seed=args.seed, progress=False,
-                                               config=extra)
+                            ds = ddkit.distill(train, method, ipc, iterations=b * ipc, seed=args.seed,
+                                               progress=False, config=extra)
                         else:
                             ds = ddkit.distill(train, method, ipc, iterations=b, seed=args.seed, progress=False,
                                                config={**extra, "checkpoint_every": 1}, checkpoint=ck, resume=True)

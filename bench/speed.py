@@ -168,7 +168,7 @@ def extra_config(method: str, real, workdir: Path, args) -> dict:
         train_experts(real, buf, experts=1, epochs=3, train_subset=100, seed=0, progress=False)
         return {"buffer": str(buf), "max_start_epoch": 2}  # start + 2 expert epochs inside the 3-epoch buffer
     if method == "cfm":
-        from ddkit.distill.cfm import train_teacher
+        from ddkit.teacher import train_teacher
 
         path = workdir / "teacher.safetensors"
         train_teacher(real, "convnet", 1, images_per_class=100, seed=0, progress=False).save(path)
@@ -216,7 +216,8 @@ def main() -> None:
                     forms["ddkit + bf16 autocast"] = []
             cfg = extra_config(method, real, Path(tmp), args)
             for r in range(args.repeats):
-                forms["ddkit"].append(time_api(real, method, 1, r, cfg))
+                # CFM: one step of each of its IPC batches (its iterations count every step)
+                forms["ddkit"].append(time_api(real, method, IPC if method == "cfm" else 1, r, cfg))
                 if method == "dm":
                     forms["per-class (reference form)"].append(
                         time_fn(naive_dm_iteration, real_x, by_class, k, dsa, r, 1, 1.0, 0.5))

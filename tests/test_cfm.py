@@ -339,6 +339,7 @@ def test_soft_label_evaluation_of_the_cfm_set(cfm_set, small_test, fmnist):
 
 
 # ------------------------------------------------------------------ CLI
+@pytest.mark.e2e
 def test_cfm_cli_distill_and_soft_evaluate(teacher_file, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cfm.safetensors"

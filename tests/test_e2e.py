@@ -1,8 +1,11 @@
 """End to end on real data: distil Fashion-MNIST / MNIST subsets, evaluate on real test images."""
 
+import pytest
 import torch
 
 import ddkit
+
+pytestmark = pytest.mark.e2e
 
 
 def test_dm_ipc10_fashion_mnist_beats_chance_clearly(fmnist, tmp_path):

@@ -171,6 +171,7 @@ def test_resume_equals_unbroken_run(digits, tmp_path):
                       config={**cfg, "lr_decay_steps": 0}, seed=5, device="cpu", progress=False)
 
 
+@pytest.mark.e2e
 def test_fashion_mnist_api_and_evaluation(fmnist):
     train, test = fmnist
     real = train.per_class_subset(100, seed=0)
