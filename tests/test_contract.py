@@ -125,7 +125,8 @@ def test_resume_equals_an_unbroken_run(name, real, prerequisites, tmp_path):
     torch.testing.assert_close(resumed.labels, whole.labels, rtol=0, atol=1e-6)
     if whole.lr is not None:
         torch.testing.assert_close(resumed.lr, whole.lr, rtol=0, atol=1e-9)
-    with pytest.raises(ConfigError, match="past this run's budget|other settings"):  # FRePo, CFM: the budget fixes a schedule
+    # FRePo's and CFM's budgets fix a schedule, so another budget is 'other settings' for them
+    with pytest.raises(ConfigError, match="past this run's budget|other settings"):
         ddkit.distill(real, name, IPC, iterations=2, seed=7, checkpoint=ck, resume=True, device="cpu",
                       progress=False, config=_config(name, prerequisites, checkpoint_every=1))
 
