@@ -277,3 +277,21 @@ def test_cli_buffer_then_distill(tmp_path):
     assert res.exit_code == 0, res.output
     ds = DistilledSet.load(out)
     assert ds.method == "mtt" and ds.lr is not None and ds.extra["iterations"] == 1
+
+
+def test_buffers_written_by_ddkit_0_1_still_load(tmp_path):
+    """A format-/1 buffer (ddkit 0.1.0, expert files without a hash; kept in tests/data) is read."""
+    import shutil
+    from pathlib import Path
+
+    legacy = tmp_path / "v1"
+    shutil.copytree(Path(__file__).parent / "data" / "v1_buffer_digits", legacy)
+    buf = ExpertBuffer(legacy)
+    assert len(buf) == 1 and buf.epochs == 2 and buf.params(0, 2).shape == (buf.num_params,)
+    real = ddkit.load_dataset("digits", "train")
+    out = ddkit.distill(real, "mtt", 1, iterations=1, device="cpu", progress=False,
+                        config={"buffer": str(legacy), "syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1})
+    assert out.images.shape == (10, 1, 8, 8) and float(out.lr) > 0
+    with pytest.raises(ConfigError, match="other settings"):  # it cannot be extended in the new format
+        train_experts(real, legacy, experts=2, epochs=2, model="convnet-w32", train_subset=10, seed=0,
+                      device="cpu", progress=False)

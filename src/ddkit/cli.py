@@ -224,8 +224,11 @@ def info(file: Annotated[Path, typer.Argument(help="A distilled set (.safetensor
     """Print a distilled set's metadata as JSON (after verifying its hash)."""
     from ddkit.artifact import DistilledSet
 
+    from ddkit import io
+    from ddkit.artifact import FORMAT, FORMAT_V1
+
     ds = DistilledSet.load(file)
-    meta = ds._meta()
+    meta = {"format": io.read_header(file, (FORMAT, FORMAT_V1), what="distilled set")["format"], **ds._meta()}
     meta["images"] = list(ds.images.shape)
     meta["labels"] = list(ds.labels.shape)
     sys.stdout.write(json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,77 @@
+"""The one training loop: its parts (optimiser, schedule, loss, weights, steps) and predictions."""
+
+import pytest
+import torch
+
+from ddkit.errors import ConfigError
+from ddkit.models import get_model
+from ddkit.train import TrainConfig, accuracy, confusion, predict, train_loss, train_model
+
+
+@pytest.fixture()
+def data(digits):
+    real, test = digits
+    sub = real.per_class_subset(10, seed=0)
+    return real.normalize(sub.float_images()), sub.labels, test
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return get_model("convnet-w32", 1, 10, 8)
+
+
+def test_equal_sample_weights_are_the_plain_loss(data):
+    x, y, _ = data
+    a, b = _net(), _net()
+    cfg = TrainConfig(epochs=2, batch_size=32)
+    train_model(a, x, y, cfg, generator=torch.Generator().manual_seed(1))
+    train_model(b, x, y, cfg, generator=torch.Generator().manual_seed(1), sample_weights=torch.ones(len(y)))
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="sample_weights"):
+        train_model(_net(), x, y, cfg, sample_weights=torch.zeros(len(y)))
+    out, tgt = torch.randn(4, 10), torch.tensor([0, 1, 2, 3])
+    w = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(train_loss(out, tgt, cfg, w), torch.nn.functional.cross_entropy(out[:1], tgt[:1]))
+
+
+def test_max_steps_and_a_continued_optimiser(data):
+    x, y, _ = data
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    steps = []
+    opt.register_step_post_hook(lambda *a: steps.append(1))
+    # a continued optimiser keeps its lr: no schedule is applied to it
+    train_model(net, x, y, TrainConfig(epochs=3, batch_size=16, lr=0.9), optimizer=opt, max_steps=2)
+    assert len(steps) == 2 and opt.param_groups[0]["lr"] == 0.05
+
+
+def test_schedules_and_losses():
+    p = torch.zeros(1, requires_grad=True)
+    for schedule, last in (("step", 0.001), ("cosine", 0.0), ("constant", 0.01)):
+        from ddkit.train import _scheduler, make_optimizer
+
+        cfg = TrainConfig(epochs=4, schedule=schedule)
+        opt = make_optimizer([p], cfg)
+        sched = _scheduler(opt, cfg)
+        for _ in range(4):
+            opt.step()
+            if sched is not None:
+                sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(last, abs=1e-12)
+    out, y = torch.ones(2, 3), torch.zeros(2, 3)
+    assert float(train_loss(out, y, TrainConfig(loss="sq"))) == pytest.approx(1.5)
+    assert float(train_loss(out, y, TrainConfig(loss="mse"))) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        TrainConfig(loss="hinge")
+
+
+def test_confusion_and_per_class_accuracy(data):
+    x, y, test = data
+    net = train_model(_net(), x, y, TrainConfig(epochs=30, batch_size=32), generator=torch.Generator().manual_seed(0))
+    conf = confusion(net, test.images, test.labels, 10, normalize=test.normalize)
+    assert conf.shape == (10, 10) and int(conf.sum()) == len(test) and conf.sum(1).tolist() == test.class_counts()
+    acc = accuracy(net, test.images, test.labels, normalize=test.normalize)
+    assert acc == pytest.approx(float(conf.trace()) / len(test)) and acc > 0.25  # chance: 0.1
+    assert torch.equal(predict(net, test.images, test.normalize), predict(net, test.images, test.normalize))
+    assert net.training  # left in train mode
