@@ -29,7 +29,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import math
+from typing import Annotated
+
 import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from ddkit import io
 from ddkit.errors import ArtifactError
@@ -39,6 +43,39 @@ FORMAT = "ddkit.distilled-set/2"
 FORMAT_V1 = "ddkit.distilled-set/1"
 LABEL_KINDS = ("hard", "probabilities", "regression")
 _TENSOR_FIELDS = ("images", "labels", "lr", "teacher", "tensors")
+
+
+def _finite(v: float) -> float:
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return float(v)
+
+
+def _positive(v: float) -> float:
+    if not v > 0:
+        raise ValueError("must be > 0")
+    return v
+
+
+_Number = Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]
+
+
+class _Header(BaseModel):
+    """The metadata of a distilled set, validated as strictly as method settings are."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    method: StrictStr = Field(min_length=1)
+    dataset: StrictStr = Field(min_length=1)
+    mean: tuple[_Number, ...] = Field(min_length=1)
+    std: tuple[Annotated[_Number, AfterValidator(_positive)], ...] = Field(min_length=1)
+    class_names: list[StrictStr] = Field(min_length=2)
+    ipc: StrictInt = Field(ge=1)
+    seed: StrictInt
+    config: dict[str, Any]
+    extra: dict[str, Any]
+    version: StrictStr
+    created: StrictStr
 
 
 def _version() -> str:
@@ -148,9 +185,17 @@ class DistilledSet:
         Raises:
             ArtifactError: naming the first problem found.
         """
+        try:
+            _Header(**{f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TENSOR_FIELDS})
+        except ValidationError as exc:
+            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')} "
+                        f"(got {e.get('input')!r:.60})" for e in exc.errors()]
+            raise ArtifactError("distilled-set metadata: " + "; ".join(problems)) from None
         x, y = self.images, self.labels
         if x.dim() != 4:
             raise ArtifactError(f"distilled images must be N×C×H×W, got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ArtifactError("the distilled set has no images")
         if not torch.isfinite(x).all():
             raise ArtifactError("distilled images contain NaN or infinite values")
         if x.numel() and (x.min() < -1e-4 or x.max() > 1 + 1e-4):

@@ -12,18 +12,84 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from ddkit.errors import ConfigError, DDKitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="ddkit: dataset distillation, evaluation and audit.")
+try:  # typer ≥ 0.20 vendors click
+    from typer._click import exceptions as _click_errors
+except ImportError:  # pragma: no cover - older typer on click
+    from click import exceptions as _click_errors
+
 out = Console()
 err = Console(stderr=True)
 
-RUN_KEYS = {"dataset", "method", "ipc", "iterations", "seed"}
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """The command group: a usage error (unknown option, a value of the wrong type, a
+    missing argument) is one line on stderr and exit code 2, like every other bad input,
+    instead of click's usage box."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except _click_errors.NoArgsIsHelpError as exc:
+            out.print(exc.ctx.get_help() if exc.ctx is not None else "ddkit --help", highlight=False)
+            sys.exit(0)
+        except _click_errors.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "ddkit"
+            msg = " ".join(exc.format_message().split())
+            err.print(f"[bold red]error:[/] {where}: {msg} (see {where} --help)", markup=True, highlight=False,
+                      soft_wrap=True)
+            sys.exit(2)
+        except _click_errors.ClickException as exc:
+            err.print(f"[bold red]error:[/] {' '.join(exc.format_message().split())}", markup=True,
+                      highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err.print("aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,
+                  help="ddkit: dataset distillation, evaluation and audit.")
+
+
+class RunKeys(BaseModel):
+    """The run keys a ``--config`` file may hold besides method settings (strictly typed)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    dataset: str | None = None
+    method: str | None = None
+    ipc: int | None = Field(None, ge=1)
+    iterations: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0)
+
+
+RUN_KEYS = set(RunKeys.model_fields)
+_RUN_KEY_RULES = {"ipc": "IPC must be an integer ≥ 1", "iterations": "iterations must be an integer ≥ 0",
+                  "seed": "seed must be an integer ≥ 0", "dataset": "the dataset must be a name",
+                  "method": "the method must be a name"}
+
+
+def _run_keys(values: dict[str, Any], source: str) -> RunKeys:
+    try:
+        return RunKeys(**values)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            rule = _RUN_KEY_RULES.get(key, e["msg"]) if e["type"] != "extra_forbidden" else "is not a run key"
+            problems.append(f"{key}: {rule}, got {e.get('input')!r}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
 
 
 def _methods_help() -> str:
@@ -112,32 +178,37 @@ def distill(
     resume: Annotated[bool, typer.Option(help="Continue from OUT.ckpt if it exists.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
 ):
-    """Distil a dataset and write the distilled set (checkpoints go to OUT.ckpt)."""
+    """Distil a dataset and write the distilled set (checkpoints go to OUT.ckpt).
+
+    The output is locked for the run: a second run to the same --out is refused.
+    """
     import ddkit
-    from ddkit.utils import check_writable
+    from ddkit.utils import output_lock
 
     settings = _read_config(config)
-    run = {k: settings.pop(k) for k in list(settings) if k in RUN_KEYS}
+    run = _run_keys({k: settings.pop(k) for k in list(settings) if k in RUN_KEYS}, f"config {str(config)!r}")
     settings.update(_parse_sets(set_ or []))
-    dataset = dataset or run.get("dataset") or "fashion-mnist"
-    method = method or run.get("method") or "dm"
-    ipc = ipc if ipc is not None else int(run.get("ipc", 10))
-    iterations = iterations if iterations is not None else run.get("iterations")
-    seed = seed if seed is not None else int(run.get("seed", 0))
-    check_writable(out_file)
+    given = _run_keys({k: v for k, v in {"ipc": ipc, "iterations": iterations, "seed": seed}.items() if v is not None},
+                      "options")
+    dataset = dataset or run.dataset or "fashion-mnist"
+    method = method or run.method or "dm"
+    ipc = given.ipc or run.ipc or 10
+    iterations = given.iterations if given.iterations is not None else run.iterations
+    seed = given.seed if given.seed is not None else (run.seed or 0)
     ckpt = out_file.with_name(out_file.name + ".ckpt")
-    check_writable(ckpt)
     # validate method and settings before the (slow) data load
     from ddkit.distill import get_method, make_config
 
-    make_config(get_method(method), {**settings, **({"iterations": iterations} if iterations else {})})
-    real = ddkit.load_dataset(dataset, "train", data_root=data_root)
-    result = ddkit.distill(real, method, ipc, iterations=iterations, config=settings, seed=seed,
-                           device=device, checkpoint=ckpt, resume=resume, progress=not quiet)
-    result.save(out_file)
-    if ckpt.exists():
-        ckpt.unlink()
+    make_config(get_method(method), {**settings, **({"iterations": iterations} if iterations is not None else {})})
+    with output_lock(out_file, suffixes=(".ckpt",)):
+        real = ddkit.load_dataset(dataset, "train", data_root=data_root, download=download)
+        result = ddkit.distill(real, method, ipc, iterations=iterations, config=settings, seed=seed,
+                               device=device, checkpoint=ckpt, resume=resume, progress=not quiet)
+        result.save(out_file)
+        if ckpt.exists():
+            ckpt.unlink()
     out.print(f"wrote {out_file} ({result.images.shape[0]} images, {method}, IPC {ipc}, {dataset})")
 
 
@@ -158,14 +229,19 @@ def buffer(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
 ):
     """Train MTT expert trajectories: per expert, its parameters after every epoch (`--method mtt` needs them)."""
     import ddkit
     from ddkit.distill.buffer import train_experts
 
-    real = ddkit.load_dataset(dataset, "train", data_root=data_root)
-    buf = train_experts(real, out_dir, experts=experts, epochs=epochs, model=model, lr=lr, batch_size=batch_size,
-                        dsa=dsa, train_subset=train_subset, seed=seed, device=device, progress=not quiet)
+    from ddkit.utils import output_lock
+
+    with output_lock(out_dir / "manifest.json"):
+        real = ddkit.load_dataset(dataset, "train", data_root=data_root, download=download)
+        buf = train_experts(real, out_dir, experts=experts, epochs=epochs, model=model, lr=lr,
+                            batch_size=batch_size, dsa=dsa, train_subset=train_subset, seed=seed, device=device,
+                            progress=not quiet)
     out.print(f"{out_dir}: {len(buf)} finished expert trajectories × {buf.epochs} epochs ({buf.model}, {dataset})")
 
 
@@ -187,6 +263,7 @@ def evaluate(
                                                "or auto (soft when the set ships a teacher).")] = "auto",
     teacher: Annotated[Path | None, typer.Option(help="Teacher for the soft protocol: a teacher file or a set "
                                                       "that ships one (default: the set's own).")] = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
 ):
     """Train fresh networks on a distilled set; print the test accuracy mean ± std."""
     import ddkit
@@ -195,7 +272,8 @@ def evaluate(
     if json_out is not None:
         check_writable(json_out)
     result = ddkit.evaluate(file, model=model, runs=runs, epochs=epochs, augment=augment, device=device,
-                            seed=seed, data_root=data_root, progress=not quiet, protocol=protocol, teacher=teacher)
+                            seed=seed, data_root=data_root, progress=not quiet, protocol=protocol, teacher=teacher,
+                            download=download)
     out.print(f"{result.method} IPC {result.ipc} on {result.dataset}, {model}, {runs} runs × "
               f"{result.epochs} epochs: test accuracy {result.summary()}")
     out.print(f"protocol: {result.protocol}", highlight=False)
@@ -246,6 +324,7 @@ def spectrum(
     seed: Annotated[int, typer.Option(help="Seed of the feature map.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
 ):
     """FFC eigen-spectrum and FLC band energy of real data and distilled sets (UniDD), as JSON and PNG."""
     import ddkit
@@ -254,7 +333,7 @@ def spectrum(
     from ddkit.spectral.analysis import spectrum as run_spectrum
 
     sets = [DistilledSet.load(f) for f in files]
-    data = ddkit.load_dataset(real or sets[0].dataset, "train", data_root=data_root)
+    data = ddkit.load_dataset(real or sets[0].dataset, "train", data_root=data_root, download=download)
     results = [run_spectrum(s, data, model=model, n_real=n_real, top_k=top_k, seed=seed, device=device)
                for s in sets]
     js, png = save_spectrum(results, out_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import random
 import tempfile
@@ -63,23 +64,89 @@ def iteration_generator(seed: int, iteration: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
-def check_writable(path: str | Path) -> Path:
-    """Check that ``path`` can be created (its folder exists or can be made, and is writable).
+#: characters mkstemp adds around a target's name for its temporary file: ".{name}.XXXXXXXX.tmp"
+TEMP_EXTRA = 14
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def check_writable(path: str | Path, *, suffixes: tuple[str, ...] = ()) -> Path:
+    """Check, before any work, that ``path`` can be written; creates nothing.
+
+    Checks that ``path`` is not a folder, that its nearest existing ancestor folder is a
+    folder where a file can really be created (a probe file is created and removed: this
+    catches read-only mounts and pseudo file systems such as ``/proc``, where permission
+    bits say yes), and that the file name, with each of ``suffixes`` (e.g. ``".ckpt"``)
+    and the temporary-file decoration, fits the file system's name limit.
 
     Raises:
-        OutputError: the folder cannot be created or written, or ``path`` is a directory.
+        OutputError: naming the path and the problem.
     """
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"output path {str(p)!r} is a directory; give a file name")
+    if not p.name:
+        raise OutputError(f"output path {str(p)!r} has no file name")
     parent = p.parent if str(p.parent) else Path(".")
+    anc = _existing_ancestor(parent)
+    if not anc.is_dir():
+        raise OutputError(f"cannot create {str(p)!r}: {str(anc)!r} is not a folder")
+    limit = _name_max(anc)
+    longest = max(len((p.name + s).encode()) for s in ("", *suffixes)) + TEMP_EXTRA
+    if longest > limit:
+        raise OutputError(f"output file name {p.name[:40]!r}... is too long ({len(p.name.encode())} bytes; with the "
+                          f"temporary and {', '.join(suffixes) or 'no'} suffixes it needs {longest}, the limit is "
+                          f"{limit}); use a shorter name")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ddkit-probe.", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"cannot create folder {str(parent)!r} for {str(p)!r}: {exc.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"output folder {str(parent)!r} is not writable")
+        raise OutputError(f"cannot write in {str(anc)!r} (for {str(p)!r}): {exc.strerror or exc}") from None
     return p
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing ancestors; return the created ones, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            _remove_empty(missing)
+            raise OutputError(f"cannot create folder {str(d)!r}: {exc.strerror or exc}") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for d in folders:  # deepest first
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _umask() -> int:
@@ -93,21 +160,78 @@ def _umask() -> int:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    Nothing is half-written: on an exception the temporary file is removed and ``path``
-    keeps its old content (or stays absent). The file gets the permissions a plain
-    ``open(path, "w")`` would give (0666 minus the umask), not ``mkstemp``'s private 0600.
+    Nothing is half-written: on an exception the temporary file is removed, folders this
+    call created are removed again, and ``path`` keeps its old content (or stays absent).
+    On success the file is flushed to disk (fsync) before the rename and the folder after
+    it. The file gets the permissions a plain ``open(path, "w")`` would give (0666 minus
+    the umask), not ``mkstemp``'s private 0600.
 
     Raises:
-        OutputError: the destination folder is missing or not writable.
+        OutputError: the destination cannot be created or written.
     """
     p = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    created = _make_parents(p.parent if str(p.parent) else Path("."))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as exc:
+        _remove_empty(created)
+        raise OutputError(f"cannot write {str(p)!r}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, p)
+        _fsync_dir(p.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _remove_empty(created)
         raise
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path, *, suffixes: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Hold an exclusive lock on the output ``path`` for a run (``filelock``, non-blocking).
+
+    A second run to the same output is refused at once instead of overwriting the first
+    one's result (and sharing its checkpoint). While the lock is held, temporary files
+    that a killed earlier run left beside ``path`` (and beside ``path`` + each of
+    ``suffixes``) are removed. The lock file ``.NAME.lock`` lives beside ``path`` and is
+    removed on exit; folders created for it are removed again if the run fails and left
+    them empty.
+
+    Raises:
+        OutputError: another process holds the lock, or the folder cannot be written.
+    """
+    import filelock
+
+    p = check_writable(path, suffixes=suffixes)
+    parent = p.parent if str(p.parent) else Path(".")
+    created = _make_parents(parent)
+    lock_path = parent / f".{p.name}.lock"
+    lock = filelock.FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        _remove_empty(created)
+        raise OutputError(f"another ddkit run is writing {str(p)!r} (it holds {str(lock_path)!r}); wait for it to "
+                          f"finish or choose another output") from None
+    except OSError as exc:
+        _remove_empty(created)
+        raise OutputError(f"cannot lock {str(p)!r}: {exc.strerror or exc}") from None
+    ok = False
+    try:
+        for name in (p.name, *(p.name + s for s in suffixes)):
+            for stale in parent.glob(f".{glob.escape(name)}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        yield p
+        ok = True
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        lock.release()
+        if not ok:
+            _remove_empty(created)

@@ -60,7 +60,7 @@ class MethodConfig(BaseModel):
     distilled set records.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     iterations: NonNegativeInt = 0
     checkpoint_every: NonNegativeInt = 0  # 0: never write checkpoints
@@ -454,6 +454,12 @@ class Distiller(ABC):
         except ValidationError as exc:
             raise ConfigError(_validation_message(exc, type(self))) from None
 
+    def _diverged(self, ctx: RunContext, it: int, what: str, path: Path | None) -> str:
+        rates = {k: v for k, v in ctx.config.model_dump().items() if k.startswith("lr") and v is not None}
+        kept = f"; the last checkpoint ({str(path)!r}) is kept" if path is not None and path.exists() else ""
+        return (f"{self.name} diverged at iteration {it} ({what}); lower its learning rates "
+                f"({', '.join(f'{k}={v:g}' for k, v in rates.items()) or 'lr_img'}){kept}")
+
     def _check_weights(self, real: ImageDataset, weights: torch.Tensor | None) -> torch.Tensor | None:
         if weights is None:
             return None
@@ -536,9 +542,12 @@ class Distiller(ABC):
             for it in range(start, total):
                 g = iteration_generator(ctx.seed, it)
                 loss_val = float(self.step(state, ctx, it, g))
-                if not math.isfinite(loss_val):
-                    raise ConfigError(f"{self.name} diverged at iteration {it} (loss {loss_val}); lower the "
-                                      f"learning rates (lr_img, ...)")
+                bad = None if math.isfinite(loss_val) else f"loss {loss_val}"
+                for name, t in state.tensors.items():
+                    if bad is None and t.requires_grad and not bool(torch.isfinite(t.detach()).all()):
+                        bad = f"non-finite values in {name!r}"
+                if bad is not None:
+                    raise ConfigError(self._diverged(ctx, it, bad, path))
                 bar.update(loss_val)
                 if hook is not None:
                     hook(StepEvent(it, loss_val, state, ctx))

@@ -124,10 +124,12 @@ class EvalResult:
             tmp.write_text(self.to_json())
 
 
-def _test_split(ds: DistilledSet, test: ImageDataset | None, data_root: str | Path | None) -> ImageDataset:
-    """The real test split for ``ds`` (given, or loaded by the set's dataset name), checked
-    to have the set's image shape and classes (ConfigError otherwise)."""
-    test = test if test is not None else load_dataset(ds.dataset, "test", data_root=data_root)
+def _test_split(ds: DistilledSet, test: ImageDataset | None, data_root: str | Path | None,
+                download: bool = False) -> ImageDataset:
+    """The real test split for ``ds`` (given, or loaded by the set's dataset name, without a
+    download unless asked), checked to have the set's image shape and classes (ConfigError
+    otherwise)."""
+    test = test if test is not None else load_dataset(ds.dataset, "test", data_root=data_root, download=download)
     if test.images.shape[1:] != ds.images.shape[1:]:
         raise ConfigError(f"distilled images {tuple(ds.images.shape[1:])} do not match test images "
                           f"{tuple(test.images.shape[1:])} of {test.name}")
@@ -234,6 +236,7 @@ def evaluate(
     progress: bool = False,
     protocol: str = "auto",
     teacher: Any = None,
+    download: bool = False,
 ) -> EvalResult:
     """Train ``runs`` fresh networks on a distilled set and test them on the real test set.
 
@@ -253,6 +256,8 @@ def evaluate(
             one is given).
         teacher: for ``soft``/``auto``: a teacher file, a distilled set that ships one, or a
             :class:`~ddkit.teacher.Teacher`; default the set's own.
+        download: let torchvision download the test split when no copy is found (off: a
+            set's metadata names its dataset, and reading a file must not reach the network).
 
     Returns:
         :class:`EvalResult` with accuracies in [0, 1], overall and per class.
@@ -268,7 +273,7 @@ def evaluate(
     ds = distilled if isinstance(distilled, DistilledSet) else DistilledSet.load(distilled)
     _config(model=model, runs=runs, epochs=epochs, augment=augment, seed=seed, batch_size=batch_size,
             protocol=protocol)
-    test = _test_split(ds, test, data_root)
+    test = _test_split(ds, test, data_root, download)
     k = ds.num_classes
     accs: list[float] = []
     per_class: list[torch.Tensor] = []
