@@ -234,7 +234,6 @@ def buffer(
     """Train MTT expert trajectories: per expert, its parameters after every epoch (`--method mtt` needs them)."""
     import ddkit
     from ddkit.distill.buffer import train_experts
-
     from ddkit.utils import output_lock
 
     with output_lock(out_dir / "manifest.json"):
@@ -300,10 +299,8 @@ def show(
 @_cli_errors
 def info(file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")]):
     """Print a distilled set's metadata as JSON (after verifying its hash)."""
-    from ddkit.artifact import DistilledSet
-
     from ddkit import io
-    from ddkit.artifact import FORMAT, FORMAT_V1
+    from ddkit.artifact import FORMAT, FORMAT_V1, DistilledSet
 
     ds = DistilledSet.load(file)
     meta = {"format": io.read_header(file, (FORMAT, FORMAT_V1), what="distilled set")["format"], **ds._meta()}
