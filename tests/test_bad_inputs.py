@@ -169,7 +169,16 @@ def test_resume_from_a_checkpoint_that_does_not_fit(tmp_path):
     with pytest.raises(ArtifactError, match="does not fit"):
         ddkit.distill(real, "dm", 1, iterations=4, config=cfg, checkpoint=ck, resume=True, device="cpu",
                       progress=False)
-    del tensors["o.img.0.momentum_buffer"]
+    without_momentum = {k: v for k, v in tensors.items() if k != "o.img.0.momentum_buffer"}
+    io.write(ck, without_momentum, {k: v for k, v in header.items() if k != "format"}, fmt="ddkit.checkpoint/2")
+    with pytest.raises(ArtifactError, match="missing"):
+        ddkit.distill(real, "dm", 1, iterations=4, config=cfg, checkpoint=ck, resume=True, device="cpu",
+                      progress=False)
+    io.write(ck, {k: v for k, v in tensors.items() if k != "t.syn"}, {k: v for k, v in header.items() if k != "format"},
+             fmt="ddkit.checkpoint/2")
+    with pytest.raises(ArtifactError, match="lacks"):
+        ddkit.distill(real, "dm", 1, iterations=4, config=cfg, checkpoint=ck, resume=True, device="cpu",
+                      progress=False)
     io.write(ck, tensors, {**{k: v for k, v in header.items() if k != "format"}, "iteration": -5},
              fmt="ddkit.checkpoint/2")
     with pytest.raises(ArtifactError, match="malformed"):

@@ -285,11 +285,14 @@ def _optimizer_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str,
             else:
                 scalars.setdefault(str(pid), {})[key] = val
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
+    return tensors, {"param_groups": groups, "scalars": scalars, "tensors": sorted(tensors)}
 
 
 def _load_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict[str, Any]
                     ) -> None:
+    missing = [k for k in info.get("tensors", []) if k not in tensors]
+    if missing:
+        raise KeyError(f"optimiser tensors {missing[:3]} are missing")
     state: dict[int, dict[str, Any]] = {}
     prefix = f"o.{name}."
     for key, val in tensors.items():
@@ -402,6 +405,9 @@ class Distiller(ABC):
         """
         t = ck.tensors
         dev = ctx.device
+        missing = [name for name in state.tensors if f"t.{name}" not in t]
+        if missing:
+            raise ArtifactError(f"checkpoint does not fit this run (it lacks {missing[:3]})")
         try:
             for key, val in t.items():
                 if not key.startswith("t."):
