@@ -242,7 +242,8 @@ def main() -> None:
     data = {}
     for name in args.datasets:
         root = MNIST_ROOT if name == "mnist" and MNIST_ROOT.is_dir() else None
-        data[name] = tuple(ddkit.load_dataset(name, split, data_root=root) for split in ("train", "test"))
+        data[name] = tuple(ddkit.load_dataset(name, split, data_root=root, download=True)
+                           for split in ("train", "test"))
     herding_sets: dict[str, tuple[DistilledSet, float, float]] = {}
     prereq_cache: dict = {}
     for ipc in ([] if args.curve_only else args.ipcs):

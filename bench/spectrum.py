@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "spectrum"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    real = ddkit.load_dataset("fashion-mnist", "train")
+    real = ddkit.load_dataset("fashion-mnist", "train", download=True)
     t0 = time.time()
     sets = {"random": ddkit.distill(real, "random", 10, seed=0, progress=False)}
     timing = {}

@@ -196,7 +196,7 @@ def main() -> None:
         write(out, info["rows"], args, time.time() - info["wall_seconds"])
         return
     torch.set_num_threads(args.threads)
-    real = ddkit.load_dataset("fashion-mnist", "train")
+    real = ddkit.load_dataset("fashion-mnist", "train", download=True)
     k = real.num_classes
     real_x = real.normalize(real.float_images())
     by_class = real.class_indices()

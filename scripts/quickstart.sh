@@ -13,8 +13,8 @@ EPOCHS=${EPOCHS:-100}
 mkdir -p "$OUT"
 echo "== reduced budget: DM $ITERATIONS iterations (paper: 20000); evaluation $RUNS networks x $EPOCHS epochs (protocol: 5 x 1000)"
 .venv/bin/ddkit distill --dataset fashion-mnist --method dm --ipc 10 --iterations "$ITERATIONS" \
-  --out "$OUT/fmnist_dm_ipc10.safetensors"
+  --out "$OUT/fmnist_dm_ipc10.safetensors" --download
 .venv/bin/ddkit show "$OUT/fmnist_dm_ipc10.safetensors" --out "$OUT/fmnist_dm_ipc10.png"
 .venv/bin/ddkit evaluate "$OUT/fmnist_dm_ipc10.safetensors" --runs "$RUNS" --epochs "$EPOCHS" \
-  --json "$OUT/fmnist_dm_ipc10_eval.json"
+  --json "$OUT/fmnist_dm_ipc10_eval.json" --download
 echo "== wrote $OUT/fmnist_dm_ipc10.safetensors, $OUT/fmnist_dm_ipc10.png, $OUT/fmnist_dm_ipc10_eval.json"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up ddkit on a fresh machine: virtual environment, the package with its dev extra,
-# and the Fashion-MNIST data (Debian package when root; otherwise torchvision downloads it
+# and the Fashion-MNIST data (Debian package when root; otherwise the quick start's --download fetches it
 # on first use). Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +14,8 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
-      || echo "apt-get could not install dataset-fashion-mnist; torchvision will try to download it"
+      || echo "apt-get could not install dataset-fashion-mnist; the quick start will download it (--download)"
   else
-    echo "not root: Fashion-MNIST will be downloaded by torchvision on first use"
+    echo "not root: Fashion-MNIST will be downloaded by the quick start (--download) or the tests"
   fi
 fi

@@ -15,7 +15,9 @@ MNIST_ROOT = REPO.parent / "shared" / "data" / "mnist"
 @pytest.fixture(scope="session")
 def fmnist():
     """Fashion-MNIST train and test splits (the Debian package or DDKIT_DATA)."""
-    return ddkit.load_dataset("fashion-mnist", "train"), ddkit.load_dataset("fashion-mnist", "test")
+    # the Debian package (scripts/setup.sh installs it as root); elsewhere torchvision may download it
+    return (ddkit.load_dataset("fashion-mnist", "train", download=True),
+            ddkit.load_dataset("fashion-mnist", "test", download=True))
 
 
 @pytest.fixture(scope="session")

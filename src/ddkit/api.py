@@ -26,6 +26,7 @@ def distill(
     resume: bool = False,
     progress: bool = True,
     data_root: str | Path | None = None,
+    download: bool = False,
     hook: Callable[[StepEvent], None] | None = None,
     sample_weights: torch.Tensor | None = None,
 ) -> DistilledSet:
@@ -39,7 +40,8 @@ def distill(
         config: method settings overriding its paper defaults (unknown keys are errors).
         seed, device, checkpoint, resume, progress, hook, sample_weights: see
             :meth:`ddkit.distill.base.Distiller.distill`.
-        data_root: where to look for the data when ``real`` is a name.
+        data_root, download: where to look for the data when ``real`` is a name, and whether
+            torchvision may download it when no copy is found (off by default).
 
     Returns:
         The :class:`DistilledSet` (images float32 N×C×H×W in [0, 1], labels, the resolved
@@ -49,7 +51,7 @@ def distill(
         DatasetNotFoundError, ConfigError: unknown dataset/method/setting, bad IPC.
     """
     if isinstance(real, str):
-        real = load_dataset(real, "train", data_root=data_root)
+        real = load_dataset(real, "train", data_root=data_root, download=download)
     cls = get_method(method)
     overrides = dict(config or {})
     if iterations is not None:
