@@ -7,7 +7,7 @@ from ddkit.models.zoo import check_input
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 28), (1, 32), (3, 32)])  # the field's image shapes
 def test_every_model_maps_images_to_logits(name, channels, size):
     net = get_model(name, channels, 10, size)
     x = torch.randn(3, channels, size, size)

@@ -263,13 +263,27 @@ def evaluate(
     teacher: Annotated[Path | None, typer.Option(help="Teacher for the soft protocol: a teacher file or a set "
                                                       "that ships one (default: the set's own).")] = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
+    models: Annotated[str | None, typer.Option(help="Comma-separated architectures (e.g. convnet,mlp,lenet,alexnet,"
+                                                    "vgg11,resnet18,resnet18-bn): a cross-architecture table "
+                                                    "instead of one --model.")] = None,
+    baseline: Annotated[str, typer.Option(help="With --models: 'random' (a random real subset of the same IPC, "
+                                               "evaluated the same way) or 'none'.")] = "random",
+    plot: Annotated[Path | None, typer.Option(help="With --models: write a bar chart PNG.")] = None,
 ):
     """Train fresh networks on a distilled set; print the test accuracy mean ± std."""
     import ddkit
     from ddkit.utils import check_writable
 
-    if json_out is not None:
-        check_writable(json_out)
+    for path in (json_out, plot):
+        if path is not None:
+            check_writable(path)
+    if models is not None:
+        _cross_architecture(file, models.split(","), baseline=baseline, runs=runs, epochs=epochs, augment=augment,
+                            device=device, seed=seed, data_root=data_root, download=download, protocol=protocol,
+                            quiet=quiet, json_out=json_out, plot=plot)
+        return
+    if plot is not None:
+        raise ConfigError("--plot draws the cross-architecture table: give --models")
     result = ddkit.evaluate(file, model=model, runs=runs, epochs=epochs, augment=augment, device=device,
                             seed=seed, data_root=data_root, progress=not quiet, protocol=protocol, teacher=teacher,
                             download=download)
@@ -278,6 +292,26 @@ def evaluate(
     out.print(f"protocol: {result.protocol}", highlight=False)
     if json_out is not None:
         result.save(json_out)
+
+
+def _cross_architecture(file: Path, models: list[str], *, baseline: str, json_out: Path | None, plot: Path | None,
+                        quiet: bool, **kw) -> None:
+    from ddkit.evaluate.cross import evaluate_models
+
+    res = evaluate_models(file, models, baseline=baseline, progress=not quiet, **kw)
+    table = Table(title=f"{res.method} IPC {res.ipc} on {res.dataset}: test accuracy (%), "
+                        f"{res.rows[0]['distilled']['runs']} runs × {res.rows[0]['distilled']['epochs']} epochs")
+    for col in ("architecture", res.method, baseline, "gain (points)"):
+        table.add_column(col)
+    for row in res.table():
+        table.add_row(*row)
+    out.print(table)
+    for r in res.rows:
+        out.print(f"{r['model']}: {r['distilled']['protocol']}", highlight=False)
+    if json_out is not None:
+        res.save(json_out)
+    if plot is not None:
+        res.plot(plot)
 
 
 @app.command()

@@ -5,7 +5,9 @@ kind, learned learning rate, shipped teacher) is in the set itself (:mod:`ddkit.
 :mod:`ddkit.teacher`).
 """
 
+from ddkit.evaluate.cross import CrossArchResult, evaluate_models
 from ddkit.evaluate.protocol import EvalConfig, EvalResult, TrainedNetworks, evaluate, train_networks
 from ddkit.evaluate.soft import SoftLabelConfig
 
-__all__ = ["EvalConfig", "EvalResult", "SoftLabelConfig", "TrainedNetworks", "evaluate", "train_networks"]
+__all__ = ["CrossArchResult", "EvalConfig", "EvalResult", "SoftLabelConfig", "TrainedNetworks", "evaluate",
+           "evaluate_models", "train_networks"]

@@ -167,21 +167,22 @@ class AlexNet(nn.Module):
 
 
 class VGG11(nn.Module):
-    """VGG-11 (8 convs) with instance or batch norm; 1-channel 28×28 input is padded to 32."""
+    """VGG-11 (8 convs) with instance or batch norm; 28×28 input (1 or 3 channels) is padded to 32
+    by the first conv (padding 3), as the DC code does for MNIST."""
 
     CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
     def __init__(self, channels: int, num_classes: int, image_size: int = 32, norm: str = "instance"):
         super().__init__()
-        if image_size < 32 and not (image_size == 28 and channels == 1):
-            raise ModelError(f"vgg11 needs 32×32 images (or 1-channel 28×28), got {image_size}×{image_size}")
+        if image_size < 32 and image_size != 28:
+            raise ModelError(f"vgg11 needs 32×32 or 28×28 images, got {image_size}×{image_size}")
         layers: list[nn.Module] = []
         c_in, first = channels, True
         for v in self.CFG:
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
-            pad = 3 if (first and channels == 1 and image_size == 28) else 1
+            pad = 3 if (first and image_size == 28) else 1
             layers += [nn.Conv2d(c_in, v, 3, padding=pad), _norm(norm, v), nn.ReLU()]
             c_in, first = v, False
         size = (32 if image_size == 28 else image_size) // 32
@@ -316,6 +317,8 @@ MODELS = {
     "vgg11bn": lambda c, k, s, **kw: VGG11(c, k, s, norm="batch", **kw),
     "resnet18": lambda c, k, s, **kw: ResNet18(c, k, s, norm="instance", **kw),
     "resnet18bn": lambda c, k, s, **kw: ResNet18(c, k, s, norm="batch", **kw),
+    "vgg11-bn": lambda c, k, s, **kw: VGG11(c, k, s, norm="batch", **kw),  # the spelling of the papers' tables
+    "resnet18-bn": lambda c, k, s, **kw: ResNet18(c, k, s, norm="batch", **kw),
     "frepo-conv": lambda c, k, s, **kw: FRePoConvNet(c, k, s, **kw),
     "frepo-convnn": lambda c, k, s, **kw: FRePoConvNet(c, k, s, **{"norm": "none", **kw}),
 }

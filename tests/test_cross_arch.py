@@ -1,0 +1,56 @@
+"""Cross-architecture evaluation: a table per architecture beside a random real subset."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import ddkit
+from ddkit.cli import app
+from ddkit.errors import ConfigError
+from ddkit.evaluate import evaluate_models
+from ddkit.evaluate.cross import random_subset
+
+
+@pytest.fixture(scope="module")
+def digits_set(digits, tmp_path_factory):
+    real, _ = digits
+    path = tmp_path_factory.mktemp("x") / "dm.safetensors"
+    ddkit.distill(real, "dm", 2, iterations=2, config={"model": "convnet-w32", "batch_real": 16}, seed=0,
+                  device="cpu", progress=False).save(path)
+    return path
+
+
+def test_random_subset_is_the_random_method(digits, digits_set):
+    real, _ = digits
+    ds = ddkit.DistilledSet.load(digits_set)
+    a = random_subset(ds, real, seed=3)
+    b = ddkit.distill(real, "random", ds.ipc, seed=3, progress=False)
+    assert (a.images - b.images).abs().max() == 0 and (a.labels == b.labels).all()
+
+
+def test_table_json_and_plot_through_the_cli(digits_set, tmp_path):
+    res = CliRunner().invoke(app, ["evaluate", str(digits_set), "--models", "convnet-w32,mlp,convnet-d1", "--runs", "1",
+                                   "--epochs", "2", "--device", "cpu", "--json", str(tmp_path / "x.json"), "--plot",
+                                   str(tmp_path / "x.png"), "--quiet"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    for name in ("convnet-w32", "mlp", "convnet-d1", "random", "gain"):
+        assert name in res.output
+    data = json.loads((tmp_path / "x.json").read_text())
+    assert [r["model"] for r in data["rows"]] == ["convnet-w32", "mlp", "convnet-d1"] and data["baseline"] == "random"
+    for r in data["rows"]:
+        assert 0 <= r["distilled"]["mean"] <= 1 and 0 <= r["baseline"]["mean"] <= 1
+        assert r["distilled"]["settings"]["optimizer"] == "SGD" and len(r["distilled"]["per_class"]) == 10
+    assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_model_lists(digits_set, digits):
+    _, test = digits
+    with pytest.raises(ConfigError, match="unknown models"):
+        evaluate_models(digits_set, ["convnet", "resnet99"], test=test, device="cpu")
+    with pytest.raises(ConfigError, match="at least one"):
+        evaluate_models(digits_set, [" "], test=test, device="cpu")
+    with pytest.raises(ConfigError, match="baseline"):
+        evaluate_models(digits_set, ["mlp"], baseline="herding", test=test, device="cpu")
+    res = evaluate_models(digits_set, ["mlp"], baseline="none", runs=1, epochs=1, test=test, device="cpu")
+    assert res.rows[0]["baseline"] is None and res.table()[0][2] == "—"
