@@ -314,6 +314,50 @@ def _cross_architecture(file: Path, models: list[str], *, baseline: str, json_ou
         res.plot(plot)
 
 
+@app.command("import")
+@_cli_errors
+def import_(
+    path: Annotated[Path, typer.Argument(help="The other tool's file (dc, npz) or folder (mtt, imagefolder).")],
+    fmt: Annotated[str, typer.Option("--from", help="dc (res_*.pt), mtt (images_best.pt folder), npz (KIP/FRePo), "
+                                                    "imagefolder (PATH/<class>/*.png).")],
+    dataset: Annotated[str, typer.Option(help="The dataset the set was distilled from.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")],
+    exp: Annotated[int, typer.Option(help="dc: the experiment to take (0-based).")] = 0,
+    zca: Annotated[bool, typer.Option(help="mtt: the images are in MTT's ZCA space (--zca): invert it.")] = False,
+    label_kind: Annotated[str | None, typer.Option(help="What N×K labels are: probabilities or regression.")] = None,
+    method: Annotated[str | None, typer.Option(help="Method name to record (default: from the file).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
+):
+    """Convert another tool's distilled set into a ddkit set (never runs code from the file)."""
+    from ddkit.interop import import_set
+    from ddkit.utils import check_writable
+
+    check_writable(out_file)
+    ds = import_set(fmt, path, dataset, exp=exp, zca=zca, label_kind=label_kind, method=method,
+                    data_root=data_root, download=download)
+    ds.save(out_file)
+    info = ds.extra["import"]
+    out.print(f"wrote {out_file} ({ds.images.shape[0]} images, {ds.label_kind} labels, from {fmt}; "
+              f"{100 * info['clipped_fraction']:.2f} % of pixel values clipped to [0, 1])")
+
+
+@app.command()
+@_cli_errors
+def export(
+    file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
+    fmt: Annotated[str, typer.Option("--to", help="pt (images.pt/labels.pt/lr.pt, standardised) or imagefolder "
+                                                  "(PNG per image, one folder per class).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write into (created).")],
+):
+    """Write a distilled set in a format other tools read."""
+    from ddkit.artifact import DistilledSet
+    from ddkit.interop import export_set
+
+    files = export_set(DistilledSet.load(file), fmt, out_dir)
+    out.print(f"wrote {len(files)} files under {out_dir}")
+
+
 @app.command()
 @_cli_errors
 def show(
