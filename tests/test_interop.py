@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import ddkit
 from ddkit.cli import app
 from ddkit.errors import ArtifactError, ConfigError
-from ddkit.interop import export_set, import_set
+from ddkit.interop import import_set
 
 
 @pytest.fixture(scope="module")
