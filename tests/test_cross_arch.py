@@ -54,3 +54,25 @@ def test_bad_model_lists(digits_set, digits):
         evaluate_models(digits_set, ["mlp"], baseline="herding", test=test, device="cpu")
     res = evaluate_models(digits_set, ["mlp"], baseline="none", runs=1, epochs=1, test=test, device="cpu")
     assert res.rows[0]["baseline"] is None and res.table()[0][2] == "—"
+
+
+@pytest.mark.e2e
+def test_two_processes_give_the_single_process_result(digits_set, digits, tmp_path):
+    """torchrun with 2 gloo processes on the CPU splits the runs and gathers the same result."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, test = digits
+    single = ddkit.evaluate(digits_set, model="convnet-w32", runs=3, epochs=2, device="cpu", test=test)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "ddkit", "evaluate",
+                          str(digits_set), "--model", "convnet-w32", "--runs", "3", "--epochs", "2", "--device", "cpu",
+                          "--json", str(tmp_path / "r.json"), "--quiet"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["accuracies"] == single.accuracies and data["per_class"] == single.per_class
+    assert out.stdout.count("test accuracy") == 1  # rank 0 reports for all

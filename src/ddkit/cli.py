@@ -287,6 +287,8 @@ def evaluate(
     result = ddkit.evaluate(file, model=model, runs=runs, epochs=epochs, augment=augment, device=device,
                             seed=seed, data_root=data_root, progress=not quiet, protocol=protocol, teacher=teacher,
                             download=download)
+    if _rank() != 0:  # under torchrun: rank 0 reports for all
+        return
     out.print(f"{result.method} IPC {result.ipc} on {result.dataset}, {model}, {runs} runs × "
               f"{result.epochs} epochs: test accuracy {result.summary()}")
     out.print(f"protocol: {result.protocol}", highlight=False)
@@ -294,11 +296,19 @@ def evaluate(
         result.save(json_out)
 
 
+def _rank() -> int:
+    from ddkit.evaluate.parallel import world
+
+    return world()[0]
+
+
 def _cross_architecture(file: Path, models: list[str], *, baseline: str, json_out: Path | None, plot: Path | None,
                         quiet: bool, **kw) -> None:
     from ddkit.evaluate.cross import evaluate_models
 
     res = evaluate_models(file, models, baseline=baseline, progress=not quiet, **kw)
+    if _rank() != 0:  # under torchrun: rank 0 reports for all
+        return
     table = Table(title=f"{res.method} IPC {res.ipc} on {res.dataset}: test accuracy (%), "
                         f"{res.rows[0]['distilled']['runs']} runs × {res.rows[0]['distilled']['epochs']} epochs")
     for col in ("architecture", res.method, baseline, "gain (points)"):

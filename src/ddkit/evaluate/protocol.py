@@ -161,11 +161,13 @@ def train_networks(
     protocol: str = "auto",
     teacher: Any = None,
     on_network: Callable[[int, nn.Module], None] | None = None,
+    run_indices: list[int] | None = None,
 ) -> TrainedNetworks:
     """Train ``runs`` fresh networks on a distilled set with the evaluation protocol.
 
     Network i is initialised and trained under seed ``seed + i``. Arguments as
-    :func:`evaluate`; ``on_network(i, net)`` is called as each network is done.
+    :func:`evaluate`; ``on_network(i, net)`` is called as each network is done;
+    ``run_indices`` trains only those of the runs 0..runs−1 (a process's share).
 
     Raises:
         ArtifactError, ConfigError, ModelError: as :func:`evaluate`.
@@ -210,7 +212,7 @@ def train_networks(
                     "epochs": epochs_, "augmentation": "DSA" if cfg.augment else "none"}
     nets: list[nn.Module] = []
     t0 = time.perf_counter()
-    for i in range(cfg.runs):
+    for i in (range(cfg.runs) if run_indices is None else run_indices):
         g = torch.Generator().manual_seed(cfg.seed + i)
         torch.manual_seed(cfg.seed + i)
         net = get_model(cfg.model, c, ds.num_classes, size).to(dev)
@@ -270,13 +272,14 @@ def evaluate(
         ModelError: the model does not fit the images.
         DatasetNotFoundError: the test set cannot be found.
     """
+    from ddkit.evaluate import parallel
+
     ds = distilled if isinstance(distilled, DistilledSet) else DistilledSet.load(distilled)
     _config(model=model, runs=runs, epochs=epochs, augment=augment, seed=seed, batch_size=batch_size,
             protocol=protocol)
     test = _test_split(ds, test, data_root, download)
     k = ds.num_classes
-    accs: list[float] = []
-    per_class: list[torch.Tensor] = []
+    done: list[tuple[int, float, list[float]]] = []
     mean = torch.tensor(ds.mean).view(-1, 1, 1)
     std = torch.tensor(ds.std).view(-1, 1, 1)
 
@@ -285,15 +288,19 @@ def evaluate(
         m, s = mean.to(dev), std.to(dev)
         conf = confusion(net, test.images, test.labels, k, normalize=lambda b: (b - m) / s).double()
         net.train()
-        accs.append(float(conf.trace() / conf.sum().clamp_min(1)))
-        per_class.append(conf.diag() / conf.sum(1).clamp_min(1))
+        acc = float(conf.trace() / conf.sum().clamp_min(1))
+        done.append((i, acc, (conf.diag() / conf.sum(1).clamp_min(1)).tolist()))
         if progress:
-            print(f"  run {i + 1}/{runs}: {100 * accs[-1]:.2f} %", flush=True)
+            print(f"  run {i + 1}/{runs}: {100 * acc:.2f} %", flush=True)
 
-    trained = train_networks(ds, model=model, runs=runs, epochs=epochs, augment=augment, device=device, seed=seed,
-                             batch_size=batch_size, protocol=protocol, teacher=teacher, on_network=score)
-    pc = torch.stack(per_class)
-    dev = str(next(trained.networks[0].parameters()).device)
+    mine = parallel.my_share(runs)  # all runs in one process; a share of them under torchrun
+    trained = train_networks(ds, model=model, runs=runs, epochs=epochs, augment=augment,
+                             device=parallel.rank_device(device), seed=seed, batch_size=batch_size,
+                             protocol=protocol, teacher=teacher, on_network=score, run_indices=mine)
+    results = sorted(parallel.gather(done))
+    accs = [acc for _, acc, _ in results]
+    pc = torch.tensor([row for _, _, row in results], dtype=torch.float64)
+    dev = str(next(trained.networks[0].parameters()).device) if trained.networks else str(device)
     return EvalResult(
         dataset=ds.dataset, method=ds.method, ipc=ds.ipc, model=model, runs=runs, epochs=trained.epochs,
         augment=augment, protocol=trained.protocol, accuracies=accs, mean=statistics.fmean(accs),
