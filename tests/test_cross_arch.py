@@ -76,3 +76,35 @@ def test_two_processes_give_the_single_process_result(digits_set, digits, tmp_pa
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["accuracies"] == single.accuracies and data["per_class"] == single.per_class
     assert out.stdout.count("test accuracy") == 1  # rank 0 reports for all
+
+
+def test_elf_splits_trains_and_sits_beside_the_plain_result(fmnist, tmp_path, monkeypatch):
+    """ELF on 28×28 images: ConvNet (adapters 128 → teacher width), VGG-11 and ResNet-18 split at
+    the teacher's 4×4 maps; the teacher is trained once and cached; MLP has no split point."""
+    import torch
+
+    from ddkit.evaluate.elf import ELFConfig, ELFNet
+    from ddkit.models import get_model
+
+    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
+    train, test = fmnist
+    real = train.per_class_subset(30, seed=0)
+    small_test = test.per_class_subset(10, seed=1)
+    ds = ddkit.distill(real, "random", 1, seed=0, progress=False)
+    for name in ("convnet", "vgg11", "resnet18"):
+        net = ELFNet(get_model(name, 1, 10, 28), (64, 4, 4))
+        x = torch.randn(2, 1, 28, 28)
+        assert net.front_t(x).shape == (2, 64, 4, 4) and net(x).shape == (2, 10)
+    with pytest.raises(ConfigError, match="split point"):
+        ELFNet(get_model("mlp", 1, 10, 28), (64, 4, 4))
+    cfg = ELFConfig(teacher_model="convnet-w64", teacher_epochs=1, teacher_subset=5)
+    res = evaluate_models(ds, ["convnet-w32", "mlp"], baseline="none", runs=1, epochs=2, test=small_test, train=real,
+                          device="cpu", elf=cfg)
+    row, mlp = res.rows
+    assert row["elf"]["settings"]["elf"]["teacher"]["model"] == "convnet-w64" and "ELF" in row["elf"]["protocol"]
+    assert mlp["elf"] is None and res.table()[1][-1] == "— (no split point)"
+    assert len(list((tmp_path / "cache" / "elf").glob("*.safetensors"))) == 1  # trained once, cached
+    with pytest.raises(ConfigError, match="hard-label"):
+        ddkit.evaluate(ddkit.DistilledSet(**{**ds.__dict__, "labels": torch.nn.functional.one_hot(ds.labels, 10)
+                                             .float(), "label_kind": "probabilities"}), runs=1, epochs=1,
+                       test=small_test, device="cpu", elf=cfg)

@@ -269,6 +269,16 @@ def evaluate(
     baseline: Annotated[str, typer.Option(help="With --models: 'random' (a random real subset of the same IPC, "
                                                "evaluated the same way) or 'none'.")] = "random",
     plot: Annotated[Path | None, typer.Option(help="With --models: write a bar chart PNG.")] = None,
+    elf: Annotated[bool, typer.Option(help="Train with ELF: a feature teacher's features of the distilled images "
+                                           "(with --models: beside the plain result).")] = False,
+    elf_teacher: Annotated[str, typer.Option(help="ELF feature teacher (authors: convnet-w512; default width 128 "
+                                                  "for CPUs).")] = "convnet",
+    elf_teacher_epochs: Annotated[int, typer.Option(help="ELF teacher epochs (authors: 100).")] = 10,
+    elf_teacher_subset: Annotated[int, typer.Option(help="ELF teacher images per class, 0 = all (authors: "
+                                                         "all).")] = 500,
+    elf_loss: Annotated[str, typer.Option(help="ELF feature loss: ce (authors), mse, l1, cosine.")] = "ce",
+    elf_mode: Annotated[str, typer.Option(help="ELF terms: front_rear_task (authors), front_task, rear_task, "
+                                               "task.")] = "front_rear_task",
 ):
     """Train fresh networks on a distilled set; print the test accuracy mean ± std."""
     import ddkit
@@ -277,16 +287,29 @@ def evaluate(
     for path in (json_out, plot):
         if path is not None:
             check_writable(path)
+    elf_cfg = None
+    if elf:
+        from pydantic import ValidationError as _VE
+
+        from ddkit.evaluate.elf import ELFConfig
+
+        try:
+            elf_cfg = ELFConfig(teacher_model=elf_teacher, teacher_epochs=elf_teacher_epochs,
+                                teacher_subset=elf_teacher_subset or None, feature_loss=elf_loss, mode=elf_mode,
+                                seed=seed)
+        except _VE as exc:
+            raise ConfigError("ELF settings: " + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())) \
+                from None
     if models is not None:
         _cross_architecture(file, models.split(","), baseline=baseline, runs=runs, epochs=epochs, augment=augment,
                             device=device, seed=seed, data_root=data_root, download=download, protocol=protocol,
-                            quiet=quiet, json_out=json_out, plot=plot)
+                            quiet=quiet, json_out=json_out, plot=plot, elf=elf_cfg)
         return
     if plot is not None:
         raise ConfigError("--plot draws the cross-architecture table: give --models")
     result = ddkit.evaluate(file, model=model, runs=runs, epochs=epochs, augment=augment, device=device,
                             seed=seed, data_root=data_root, progress=not quiet, protocol=protocol, teacher=teacher,
-                            download=download)
+                            download=download, elf=elf_cfg)
     if _rank() != 0:  # under torchrun: rank 0 reports for all
         return
     out.print(f"{result.method} IPC {result.ipc} on {result.dataset}, {model}, {runs} runs × "
@@ -311,13 +334,13 @@ def _cross_architecture(file: Path, models: list[str], *, baseline: str, json_ou
         return
     table = Table(title=f"{res.method} IPC {res.ipc} on {res.dataset}: test accuracy (%), "
                         f"{res.rows[0]['distilled']['runs']} runs × {res.rows[0]['distilled']['epochs']} epochs")
-    for col in ("architecture", res.method, baseline, "gain (points)"):
+    for col in res.columns():
         table.add_column(col)
     for row in res.table():
         table.add_row(*row)
     out.print(table)
     for r in res.rows:
-        out.print(f"{r['model']}: {r['distilled']['protocol']}", highlight=False)
+        out.print(f"{r['model']}: {(r['elf'] or r['distilled'])['protocol']}", highlight=False)
     if json_out is not None:
         res.save(json_out)
     if plot is not None:

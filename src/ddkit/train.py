@@ -131,6 +131,7 @@ def train_model(
     optimizer: torch.optim.Optimizer | None = None,
     augment: Augment | None = None,
     targets_fn: TargetsFn | None = None,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     sample_weights: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     max_steps: int | None = None,
@@ -154,6 +155,9 @@ def train_model(
             is not applied); default: a new one from ``config`` with its schedule.
         augment: called on each batch as ``augment(x, generator=generator)``.
         targets_fn: called after ``augment``; returns the batch and its targets.
+        loss_fn: ``loss_fn(model, x, y)`` → scalar, instead of ``train_loss(model(x), y)``:
+            for objectives that look inside the model (ELF's front/rear terms); ``y`` is
+            ``targets[idx]`` (e.g. the batch's sample indices).
         sample_weights: optional (N,) float, ≥ 0: per-sample loss weights.
         generator: CPU generator for the permutations (and passed to ``augment``).
         max_steps: stop after this many optimiser steps (default: all epochs).
@@ -185,7 +189,10 @@ def train_model(
                 x = augment(x, generator=generator)
             if targets_fn is not None:
                 x, y = targets_fn(x, y)
-            loss = train_loss(model(x), y, config, None if sample_weights is None else sample_weights[idx])
+            if loss_fn is not None:
+                loss = loss_fn(model, x, y)
+            else:
+                loss = train_loss(model(x), y, config, None if sample_weights is None else sample_weights[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -38,8 +38,9 @@ class CrossArchResult:
     """Per-architecture results of one distilled set (and of its baseline, if any).
 
     ``rows``: one dict per architecture with ``model``, ``distilled`` (an
-    :class:`EvalResult` as a dict) and ``baseline`` (the same for the random subset, or
-    ``None``); accuracies in [0, 1].
+    :class:`EvalResult` as a dict), ``baseline`` (the same for the random subset, or
+    ``None``) and ``elf`` (the set evaluated with ELF, or ``None``: not asked, or the
+    architecture has no split point); accuracies in [0, 1].
     """
 
     dataset: str
@@ -48,16 +49,26 @@ class CrossArchResult:
     baseline: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    elf: bool = False
 
-    def table(self) -> list[tuple[str, str, str, str]]:
-        """Rows of (architecture, distilled mean ± std %, baseline mean ± std %, gain in points)."""
+    def columns(self) -> list[str]:
+        cols = ["architecture", self.method, self.baseline, "gain (points)"]
+        return cols + ["ELF", "ELF gain (points)"] if self.elf else cols
+
+    def table(self) -> list[tuple[str, ...]]:
+        """Rows of (architecture, distilled mean ± std %, baseline mean ± std %, gain in points
+        [, ELF mean ± std %, ELF's gain over plain in points])."""
+
+        def cell(r):
+            return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}" if r else "—"
+
         out = []
         for r in self.rows:
-            d, b = r["distilled"], r["baseline"]
-            ds = f"{100 * d['mean']:.2f} ± {100 * d['std']:.2f}"
-            bs = f"{100 * b['mean']:.2f} ± {100 * b['std']:.2f}" if b else "—"
-            gain = f"{100 * (d['mean'] - b['mean']):+.2f}" if b else "—"
-            out.append((r["model"], ds, bs, gain))
+            d, b, e = r["distilled"], r["baseline"], r.get("elf")
+            row = (r["model"], cell(d), cell(b), f"{100 * (d['mean'] - b['mean']):+.2f}" if b else "—")
+            if self.elf:
+                row += (cell(e), f"{100 * (e['mean'] - d['mean']):+.2f}" if e else "— (no split point)")
+            out.append(row)
         return out
 
     def to_json(self) -> str:
@@ -80,17 +91,18 @@ class CrossArchResult:
         import matplotlib.pyplot as plt
 
         models = [r["model"] for r in self.rows]
+        series = [(f"{self.method} IPC {self.ipc}", "distilled")]
+        if self.baseline != "none":
+            series.append((f"{self.baseline} IPC {self.ipc}", "baseline"))
+        if self.elf:
+            series.append((f"{self.method} + ELF", "elf"))
         x = torch.arange(len(models)).float()
         fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(models) + 2), 3.6))
-        width = 0.4 if self.baseline != "none" else 0.6
-        d = [100 * r["distilled"]["mean"] for r in self.rows]
-        de = [100 * r["distilled"]["std"] for r in self.rows]
-        ax.bar((x - width / 2 if self.baseline != "none" else x).tolist(), d, width, yerr=de, capsize=3,
-               label=f"{self.method} IPC {self.ipc}")
-        if self.baseline != "none":
-            b = [100 * r["baseline"]["mean"] for r in self.rows]
-            be = [100 * r["baseline"]["std"] for r in self.rows]
-            ax.bar((x + width / 2).tolist(), b, width, yerr=be, capsize=3, label=f"{self.baseline} IPC {self.ipc}")
+        width = 0.8 / len(series)
+        for j, (label, key) in enumerate(series):
+            means = [100 * r[key]["mean"] if r[key] else 0.0 for r in self.rows]
+            errs = [100 * r[key]["std"] if r[key] else 0.0 for r in self.rows]
+            ax.bar((x - 0.4 + width * (j + 0.5)).tolist(), means, width, yerr=errs, capsize=3, label=label)
         ax.set_xticks(x.tolist(), models, rotation=20)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{self.dataset}: {self.method} IPC {self.ipc} across architectures")
@@ -118,6 +130,12 @@ def random_subset(ds: DistilledSet, train: ImageDataset, seed: int) -> Distilled
                         teacher=ds.teacher, teacher_info=ds.teacher_info)
 
 
+def _has_split(name: str) -> bool:
+    from ddkit.models import MODELS
+
+    return hasattr(MODELS[name](1, 10, 32), "split")
+
+
 def evaluate_models(
     distilled: DistilledSet | str | Path,
     models: list[str],
@@ -134,6 +152,7 @@ def evaluate_models(
     download: bool = False,
     protocol: str = "auto",
     progress: bool = False,
+    elf: Any = None,
 ) -> CrossArchResult:
     """Evaluate a distilled set on several architectures, beside a random real subset.
 
@@ -148,6 +167,9 @@ def evaluate_models(
         test, train: the real test/train splits (default: loaded by the set's dataset name;
             the train split only for the baseline). data_root, download: where to look.
         progress: print one line per finished architecture.
+        elf: ``True`` or an :class:`~ddkit.evaluate.elf.ELFConfig`: also evaluate each
+            architecture that has a split point (ConvNet, VGG-11, ResNet-18 families) with
+            ELF, beside the plain result.
 
     Returns:
         :class:`CrossArchResult` (accuracies in [0, 1]).
@@ -175,13 +197,17 @@ def evaluate_models(
                                                              download=download)
         base_set = random_subset(ds, train, seed)
     t0 = time.perf_counter()
-    result = CrossArchResult(ds.dataset, ds.method, ds.ipc, baseline)
+    result = CrossArchResult(ds.dataset, ds.method, ds.ipc, baseline, elf=bool(elf))
     kw = {"runs": runs, "epochs": epochs, "augment": augment, "device": device, "seed": seed, "test": test,
           "protocol": protocol}
     for name in names:
         got: EvalResult = evaluate(ds, model=name, **kw)
         base = evaluate(base_set, model=name, **kw) if base_set is not None else None
-        result.rows.append({"model": name, "distilled": asdict(got), "baseline": asdict(base) if base else None})
+        with_elf = None
+        if elf and _has_split(name):
+            with_elf = evaluate(ds, model=name, elf=elf, train=train, data_root=data_root, download=download, **kw)
+        result.rows.append({"model": name, "distilled": asdict(got), "baseline": asdict(base) if base else None,
+                            "elf": asdict(with_elf) if with_elf else None})
         if progress:
             extra = f", {baseline} {base.summary()}" if base else ""
             print(f"  {name}: {got.summary()}{extra}", flush=True)

@@ -162,12 +162,19 @@ def train_networks(
     teacher: Any = None,
     on_network: Callable[[int, nn.Module], None] | None = None,
     run_indices: list[int] | None = None,
+    elf: Any = None,
+    train: ImageDataset | None = None,
+    data_root: str | Path | None = None,
+    download: bool = False,
 ) -> TrainedNetworks:
     """Train ``runs`` fresh networks on a distilled set with the evaluation protocol.
 
     Network i is initialised and trained under seed ``seed + i``. Arguments as
     :func:`evaluate`; ``on_network(i, net)`` is called as each network is done;
-    ``run_indices`` trains only those of the runs 0..runs−1 (a process's share).
+    ``run_indices`` trains only those of the runs 0..runs−1 (a process's share). ``elf``
+    (an :class:`~ddkit.evaluate.elf.ELFConfig` or ``True``) trains with ELF's feature teacher
+    (:mod:`ddkit.evaluate.elf`; its real training split is ``train`` or loaded by the set's
+    dataset name from ``data_root``, downloaded only with ``download``).
 
     Raises:
         ArtifactError, ConfigError, ModelError: as :func:`evaluate`.
@@ -210,12 +217,36 @@ def train_networks(
         settings = {"name": "hard", "loss": loss, "label_kind": ds.label_kind, "optimizer": "SGD", "lr": lr,
                     "momentum": tcfg.momentum, "weight_decay": tcfg.weight_decay, "batch_size": tcfg.batch_size,
                     "epochs": epochs_, "augmentation": "DSA" if cfg.augment else "none"}
+    wrap = None
+    if elf is not None and elf is not False:
+        from ddkit.evaluate import elf as elf_mod
+
+        ecfg = elf if isinstance(elf, elf_mod.ELFConfig) else elf_mod.ELFConfig()
+        if chosen == "soft" or ds.label_kind != "hard":
+            raise ConfigError("ELF evaluates hard-label sets with the hard-label protocol; this set has "
+                              f"{ds.label_kind} labels / the {chosen} protocol")
+        real = train if train is not None else load_dataset(ds.dataset, "train", data_root=data_root,
+                                                            download=download)
+        teacher = elf_mod.feature_teacher(real, ecfg, dev)
+        feats = elf_mod.teacher_features(teacher, x)
+        parts["loss_fn"] = elf_mod.elf_loss_fn(ecfg, feats, y)
+        y = torch.arange(x.shape[0], device=dev)  # the loss looks up labels and features by sample index
+
+        def wrap(net: nn.Module) -> nn.Module:
+            return elf_mod.ELFNet(net, tuple(feats.shape[1:])).to(dev)
+
+        desc += (f"; ELF ({ecfg.mode}, {ecfg.feature_loss} feature loss, teacher {ecfg.teacher_model} "
+                 f"{ecfg.teacher_epochs} ep on {ecfg.teacher_subset or 'all'} images/class)")
+        settings["elf"] = {**ecfg.model_dump(), "teacher": {k: teacher.info.get(k) for k in
+                                                            ("model", "epochs", "images_per_class", "seconds")}}
     nets: list[nn.Module] = []
     t0 = time.perf_counter()
     for i in (range(cfg.runs) if run_indices is None else run_indices):
         g = torch.Generator().manual_seed(cfg.seed + i)
         torch.manual_seed(cfg.seed + i)
         net = get_model(cfg.model, c, ds.num_classes, size).to(dev)
+        if wrap is not None:
+            net = wrap(net)
         train_model(net, x, y, tcfg, generator=g, **parts)
         nets.append(net)
         if on_network is not None:
@@ -239,6 +270,8 @@ def evaluate(
     protocol: str = "auto",
     teacher: Any = None,
     download: bool = False,
+    elf: Any = None,
+    train: ImageDataset | None = None,
 ) -> EvalResult:
     """Train ``runs`` fresh networks on a distilled set and test them on the real test set.
 
@@ -260,6 +293,9 @@ def evaluate(
             :class:`~ddkit.teacher.Teacher`; default the set's own.
         download: let torchvision download the test split when no copy is found (off: a
             set's metadata names its dataset, and reading a file must not reach the network).
+        elf: ``True`` or an :class:`~ddkit.evaluate.elf.ELFConfig`: train with ELF (the
+            distillation model's features; :mod:`ddkit.evaluate.elf`); ``train`` is the real
+            training split its feature teacher learns from (default: loaded by name).
 
     Returns:
         :class:`EvalResult` with accuracies in [0, 1], overall and per class.
@@ -296,7 +332,8 @@ def evaluate(
     mine = parallel.my_share(runs)  # all runs in one process; a share of them under torchrun
     trained = train_networks(ds, model=model, runs=runs, epochs=epochs, augment=augment,
                              device=parallel.rank_device(device), seed=seed, batch_size=batch_size,
-                             protocol=protocol, teacher=teacher, on_network=score, run_indices=mine)
+                             protocol=protocol, teacher=teacher, on_network=score, run_indices=mine, elf=elf,
+                             train=train, data_root=data_root, download=download)
     results = sorted(parallel.gather(done))
     accs = [acc for _, acc, _ in results]
     pc = torch.tensor([row for _, _, row in results], dtype=torch.float64)

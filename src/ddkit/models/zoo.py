@@ -97,6 +97,11 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
 
+    def split(self) -> tuple[nn.Module, nn.Module]:
+        """(front, rear) sharing this network's parameters: front = the conv trunk
+        (N×width×s×s maps), rear = flatten + classifier; ``rear(front(x)) == self(x)``."""
+        return self.features, nn.Sequential(nn.Flatten(), self.classifier)
+
 
 class MLP(nn.Module):
     """3-layer MLP (128 hidden, ReLU) on flattened images."""
@@ -188,6 +193,7 @@ class VGG11(nn.Module):
         size = (32 if image_size == 28 else image_size) // 32
         layers.append(nn.Flatten())
         self.features = nn.Sequential(*layers)
+        self._split_at = 5 * 3 + 3  # modules of the first 8 cfg entries (5 conv blocks, 3 pools): 512 maps
         self.feature_dim = 512 * size * size
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
@@ -196,6 +202,11 @@ class VGG11(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
+
+    def split(self) -> tuple[nn.Module, nn.Module]:
+        """(front, rear) sharing parameters: front = the first 8 cfg entries (up to the 4th
+        conv: N×512×4×4 on 32×32 or padded 28×28, ELF's split), rear = the rest + classifier."""
+        return self.features[:self._split_at], nn.Sequential(self.features[self._split_at:], self.classifier)
 
 
 class _BasicBlock(nn.Module):
@@ -236,6 +247,13 @@ class ResNet18(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
+
+    def split(self) -> tuple[nn.Module, nn.Module]:
+        """(front, rear) sharing parameters: front = stem + stages 1–3 + the first block of
+        stage 4 (N×512×4×4 on 28×28 or 32×32, ELF's split), rear = the second block of stage 4,
+        global average pooling and the classifier."""
+        return (nn.Sequential(self.stem, self.layers[:7]),
+                nn.Sequential(self.layers[7:], nn.AdaptiveAvgPool2d(1), nn.Flatten(), self.classifier))
 
 
 class FRePoConvNet(nn.Module):
@@ -310,6 +328,7 @@ MODELS = {
     "convnet-w32": _convnet_variant(width=32),
     "convnet-w64": _convnet_variant(width=64),
     "convnet-w256": _convnet_variant(width=256),
+    "convnet-w512": _convnet_variant(width=512),  # ELF's feature teacher
     "mlp": lambda c, k, s, **kw: MLP(c, k, s, **kw),
     "lenet": lambda c, k, s, **kw: LeNet(c, k, s, **kw),
     "alexnet": lambda c, k, s, **kw: AlexNet(c, k, s, **kw),
