@@ -264,15 +264,24 @@ class DistilledSet:
         return io.write(path, self._tensors(), self._meta(), fmt=FORMAT)
 
     @classmethod
-    def load(cls, path: str | Path) -> DistilledSet:
+    def load(cls, path: str | Path, *, public_key: Any = None) -> DistilledSet:
         """Read and verify a distilled set written by :meth:`save` (formats /2 and /1).
+
+        ``public_key`` (a PEM path or an ``Ed25519PublicKey``): also require a valid signature
+        by that key's owner (:mod:`ddkit.signing`), inside the file or in ``FILE.sig``.
 
         Raises:
             ArtifactError: the file is missing, not a safetensors file, not a ddkit
                 distilled set, of an unknown format version, its hash does not match
-                (tampered or corrupt), or its contents are invalid.
+                (tampered or corrupt), its contents are invalid, or (with ``public_key``) it
+                is unsigned, signed by another key, or changed after signing.
+            ConfigError: ``public_key`` is not a readable Ed25519 public key.
         """
         p = Path(path)
+        if public_key is not None:
+            from ddkit.signing import verify_file
+
+            verify_file(p, public_key)
         tensors, info = io.read(p, (FORMAT, FORMAT_V1), what="distilled set")
         fmt = info.pop("format")
         plain = {k for k in tensors if not k.startswith(("teacher.", "x."))}

@@ -279,6 +279,8 @@ def evaluate(
     elf_loss: Annotated[str, typer.Option(help="ELF feature loss: ce (authors), mse, l1, cosine.")] = "ce",
     elf_mode: Annotated[str, typer.Option(help="ELF terms: front_rear_task (authors), front_task, rear_task, "
                                                "task.")] = "front_rear_task",
+    pubkey: Annotated[Path | None, typer.Option(help="Require a valid signature by this public key "
+                                                     "(ddkit keygen/sign).")] = None,
 ):
     """Train fresh networks on a distilled set; print the test accuracy mean ± std."""
     import ddkit
@@ -300,6 +302,10 @@ def evaluate(
         except _VE as exc:
             raise ConfigError("ELF settings: " + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())) \
                 from None
+    if pubkey is not None:
+        from ddkit.artifact import DistilledSet
+
+        file = DistilledSet.load(file, public_key=pubkey)
     if models is not None:
         _cross_architecture(file, models.split(","), baseline=baseline, runs=runs, epochs=epochs, augment=augment,
                             device=device, seed=seed, data_root=data_root, download=download, protocol=protocol,
@@ -382,12 +388,14 @@ def export(
     fmt: Annotated[str, typer.Option("--to", help="pt (images.pt/labels.pt/lr.pt, standardised) or imagefolder "
                                                   "(PNG per image, one folder per class).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write into (created).")],
+    pubkey: Annotated[Path | None, typer.Option(help="Require a valid signature by this public key "
+                                                     "(ddkit keygen/sign).")] = None,
 ):
     """Write a distilled set in a format other tools read."""
     from ddkit.artifact import DistilledSet
     from ddkit.interop import export_set
 
-    files = export_set(DistilledSet.load(file), fmt, out_dir)
+    files = export_set(DistilledSet.load(file, public_key=pubkey), fmt, out_dir)
     out.print(f"wrote {len(files)} files under {out_dir}")
 
 
@@ -397,23 +405,28 @@ def show(
     file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
     max_per_class: Annotated[int, typer.Option(help="At most this many images per row.")] = 20,
+    pubkey: Annotated[Path | None, typer.Option(help="Require a valid signature by this public key "
+                                                     "(ddkit keygen/sign).")] = None,
 ):
     """Draw the images of a distilled set as a PNG grid, one row per class."""
     from ddkit.artifact import DistilledSet
     from ddkit.report import save_grid
 
-    save_grid(DistilledSet.load(file), out_file, max_per_class=max_per_class)
+    save_grid(DistilledSet.load(file, public_key=pubkey), out_file, max_per_class=max_per_class)
     out.print(f"wrote {out_file}")
 
 
 @app.command()
 @_cli_errors
-def info(file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")]):
+def info(file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
+    pubkey: Annotated[Path | None, typer.Option(help="Require a valid signature by this public key "
+                                                     "(ddkit keygen/sign).")] = None,
+):
     """Print a distilled set's metadata as JSON (after verifying its hash)."""
     from ddkit import io
     from ddkit.artifact import FORMAT, FORMAT_V1, DistilledSet
 
-    ds = DistilledSet.load(file)
+    ds = DistilledSet.load(file, public_key=pubkey)
     meta = {"format": io.read_header(file, (FORMAT, FORMAT_V1), what="distilled set")["format"], **ds._meta()}
     meta["images"] = list(ds.images.shape)
     meta["labels"] = list(ds.labels.shape)
@@ -433,6 +446,8 @@ def spectrum(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
+    pubkey: Annotated[Path | None, typer.Option(help="Require a valid signature by this public key "
+                                                     "(ddkit keygen/sign).")] = None,
 ):
     """FFC eigen-spectrum and FLC band energy of real data and distilled sets (UniDD), as JSON and PNG."""
     import ddkit
@@ -440,7 +455,7 @@ def spectrum(
     from ddkit.spectral.analysis import save_spectrum
     from ddkit.spectral.analysis import spectrum as run_spectrum
 
-    sets = [DistilledSet.load(f) for f in files]
+    sets = [DistilledSet.load(f, public_key=pubkey) for f in files]
     data = ddkit.load_dataset(real or sets[0].dataset, "train", data_root=data_root, download=download)
     results = [run_spectrum(s, data, model=model, n_real=n_real, top_k=top_k, seed=seed, device=device)
                for s in sets]
@@ -450,6 +465,44 @@ def spectrum(
                   f"distilled {r.low_share_distilled:.3f}; mismatch low {r.mismatch_low:.3f} "
                   f"high {r.mismatch_high:.3f}")
     out.print(f"wrote {js} and {png}")
+
+
+@app.command()
+@_cli_errors
+def keygen(prefix: Annotated[Path, typer.Option("--out", "-o", help="Writes PREFIX.key (private) and PREFIX.pub.")]):
+    """Make an Ed25519 key pair for signing distilled sets."""
+    from ddkit.signing import fingerprint, generate_keys, load_public_key
+
+    key, pub = generate_keys(prefix)
+    fp = fingerprint(load_public_key(pub))[:16]
+    out.print(f"wrote {key} (private: keep it) and {pub} (public: hand it out); key {fp}")
+
+
+@app.command()
+@_cli_errors
+def sign(
+    file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
+    key: Annotated[Path, typer.Option(help="Private key (PREFIX.key from ddkit keygen).")],
+    detached: Annotated[bool, typer.Option(help="Write FILE.sig beside the set instead of signing inside it.")] = False,
+):
+    """Sign a distilled set (Ed25519 over its digest): receivers check it with --pubkey."""
+    from ddkit.signing import sign_file
+
+    where = sign_file(file, key, detached=detached)
+    out.print(f"signed {file} ({'signature in ' + str(where) if detached else 'signature inside the file'})")
+
+
+@app.command()
+@_cli_errors
+def verify(
+    file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
+    pubkey: Annotated[Path, typer.Option(help="The signer's public key (PREFIX.pub).")],
+):
+    """Check that a distilled set is unchanged since its signer signed it (exit 2 if not)."""
+    from ddkit.signing import verify_file
+
+    res = verify_file(file, pubkey)
+    out.print(f"{file}: valid signature by key {res['key'][:16]} ({res['where']})")
 
 
 if __name__ == "__main__":  # pragma: no cover
