@@ -1,0 +1,325 @@
+"""Backdoor attacks on distilled sets, and how to measure them (``ddkit attack``).
+
+Sources (``../shared/papers/backdoor.md``, read from the authors' codes):
+
+* **Dark Distillation** (Yang et al., arXiv 2502.04229; code Zi-YuanYang/Poisoned_DD):
+  poisons a *finished* distilled set without any raw data (:func:`dark`).
+* **NAIVEATTACK** (Liu et al., NDSS 2023; code liuyugeng/baadd): distil from raw data of
+  which a share carries the trigger and the target label (:func:`naive_poison`, then any
+  method). DOORPING (the same paper's optimised trigger) is not implemented yet.
+
+Metrics (:func:`measure`): victims trained from scratch on a set with the evaluation
+protocol (:func:`ddkit.evaluate.train_networks`); **CTA** = clean test accuracy; **ASR** =
+share of triggered test images of the *non-target* classes classified as the target; the
+authors' codes count triggered test images of *all* classes, target included: reported
+beside it as ``asr_all_classes``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ddkit.artifact import DistilledSet
+from ddkit.data import ImageDataset
+from ddkit.errors import ConfigError
+from ddkit.models import get_model
+from ddkit.train import TrainConfig, train_model
+from ddkit.utils import iteration_generator
+
+__all__ = ["Trigger", "dark", "measure", "naive_poison"]
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A backdoor trigger stamped on pixel-space images (N×C×H×W float, [0, 1] for real images).
+
+    ``kind="patch"``: a ``size``×``size`` square at the bottom-right corner, ``inset`` pixels
+    inside it (baadd: size 2, inset 1, white), set to ``value`` (pixel units) or, when
+    ``value_sd`` is given, to ``mean + value_sd·std`` of the dataset (the Poisoned_DD code's
+    1-pixel patch of 10 in standardised units). ``kind="blend"``: ``(1 − alpha)·x + alpha·P``
+    with a fixed random pattern P in [0, 1] drawn from ``seed``.
+    """
+
+    kind: str = "patch"
+    size: int = 2
+    inset: int = 1
+    value: float = 1.0
+    value_sd: float | None = None
+    alpha: float = 0.1
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, spec: str) -> Trigger:
+        """``"patch"``, ``"patch:size=1,inset=0,value_sd=10"``, ``"blend:alpha=0.2,seed=3"``.
+
+        Raises:
+            ConfigError: unknown kind or key, or a value that is not a number.
+        """
+        kind, _, rest = str(spec).strip().partition(":")
+        if kind not in ("patch", "blend"):
+            raise ConfigError(f"unknown trigger {kind!r}; use patch or blend (e.g. patch:size=2,inset=1,value=1)")
+        args: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, _, raw = item.partition("=")
+            if key not in ("size", "inset", "value", "value_sd", "alpha", "seed"):
+                raise ConfigError(f"unknown trigger setting {key!r} in {spec!r}")
+            try:
+                args[key] = int(raw) if key in ("size", "inset", "seed") else float(raw)
+            except ValueError:
+                raise ConfigError(f"trigger setting {key}={raw!r} is not a number") from None
+        return cls(kind=kind, **args)
+
+    def check(self, channels: int, size: int) -> None:
+        """Raise :class:`ConfigError` unless the trigger fits C×size×size images."""
+        if self.kind == "patch":
+            if self.size < 1 or self.inset < 0 or self.size + self.inset > size:
+                raise ConfigError(f"a {self.size}-pixel patch {self.inset} pixel(s) inside the corner does not fit "
+                                  f"{size}×{size} images")
+            if not math.isfinite(self.value) or (self.value_sd is not None and not math.isfinite(self.value_sd)):
+                raise ConfigError("the trigger value must be finite")
+        elif not 0 < self.alpha <= 1:
+            raise ConfigError(f"blend alpha must be in (0, 1], got {self.alpha}")
+
+    def apply(self, x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+        """Stamp the trigger on pixel-space images ``x`` (N×C×H×W float); returns a new tensor."""
+        c, h = x.shape[1], x.shape[-1]
+        self.check(c, h)
+        out = x.clone()
+        if self.kind == "patch":
+            lo, hi = h - self.inset - self.size, h - self.inset
+            if self.value_sd is None:
+                val = torch.full((c, 1, 1), float(self.value))
+            else:
+                val = (torch.tensor(mean) + self.value_sd * torch.tensor(std)).view(c, 1, 1)
+            out[:, :, lo:hi, lo:hi] = val.to(out)
+            return out
+        g = torch.Generator().manual_seed(self.seed)
+        pattern = torch.rand((c, h, h), generator=g).to(out)
+        return (1 - self.alpha) * out + self.alpha * pattern
+
+    def spec(self) -> str:
+        """The trigger as a string :meth:`parse` reads back."""
+        if self.kind == "blend":
+            return f"blend:alpha={self.alpha:g},seed={self.seed}"
+        v = f"value_sd={self.value_sd:g}" if self.value_sd is not None else f"value={self.value:g}"
+        return f"patch:size={self.size},inset={self.inset},{v}"
+
+
+DARK_TRIGGER = Trigger(kind="patch", size=1, inset=0, value_sd=10.0)  # the Poisoned_DD code's
+
+
+def _check_target(target: int, k: int) -> None:
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < k:
+        raise ConfigError(f"the target label must be a class index in 0..{k - 1}, got {target!r}")
+
+
+def _flat_grad(net: torch.nn.Module, x: Tensor, y: Tensor, create_graph: bool) -> Tensor:
+    params = [p for p in net.parameters()]
+    grads = torch.autograd.grad(F.cross_entropy(net(x), y), params, create_graph=create_graph)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _cos_distance(a: Tensor, b: Tensor) -> Tensor:
+    return 1 - F.cosine_similarity(a, b, dim=0, eps=1e-8)
+
+
+def dark(ds: DistilledSet, target: int = 0, *, trigger: Trigger = DARK_TRIGGER, alpha: float = 0.6,
+         surrogate_steps: int = 100, archetype_steps: int = 200, trajectory: int = 10, updates: int = 101,
+         batch_size: int = 256, lr: float = 0.1, model: str = "convnet", seed: int = 0,
+         device: str | torch.device = "cpu", progress: bool = False) -> DistilledSet:
+    """Dark Distillation: backdoor a finished distilled set without raw data (Poisoned_DD code).
+
+    1. surrogate ``model`` trained on the set: ``surrogate_steps`` full-batch SGD steps (lr
+       0.01, momentum 0.9, wd 5e-4; the shared loop);
+    2. one archetype per class: from N(0, I) in standardised units, Adam lr 0.1 for
+       ``archetype_steps`` steps minimising −logit_c of the surrogate;
+    3. the archetypes carry ``trigger`` (default: the code's 1-pixel patch of 10 standardised
+       units in the bottom-right corner) and the label ``target``;
+    4. S′ = S, Adam (``lr``) on the images, labels unchanged: for i = 0..``trajectory``, for
+       each ``batch_size`` batch of S, a fresh network trained i full-batch steps on the clean
+       batch (a point of the benign trajectory), then ``updates`` steps with it frozen on
+       ``(1 − α)·D(∇ℓ(S′_b), ∇ℓ(S_b)) + α·D(∇ℓ(S′_b), ∇ℓ(Ã, t))``, D = 1 − cosine of the
+       concatenated parameter gradients.
+
+    Args:
+        ds: a hard-label distilled set. target: the backdoor's class. alpha: α (0.6).
+        device, seed, progress: as elsewhere (same seed ⇒ same poisoned set).
+
+    Returns:
+        The poisoned set: its images (pixel space; values outside [0, 1] are clipped, the
+        fraction recorded) with the original labels and provenance; ``extra["backdoor"]``
+        records the attack, target, trigger, settings and ``seconds`` (wall clock).
+
+    Raises:
+        ConfigError: a target out of range, a trigger that does not fit, soft labels, or
+            counts out of range.
+    """
+    from ddkit.progress import LoopProgress
+    from ddkit.utils import resolve_device
+
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    k, c, size = ds.num_classes, ds.images.shape[1], ds.images.shape[-1]
+    _check_target(target, k)
+    trigger.check(c, size)
+    if ds.label_kind != "hard":
+        raise ConfigError(f"the dark attack needs a hard-label set, this one has {ds.label_kind} labels")
+    if min(surrogate_steps, archetype_steps, trajectory, updates) < 0 or batch_size < 1 or not 0 <= alpha <= 1:
+        raise ConfigError("dark: step counts must be ≥ 0, batch_size ≥ 1 and alpha in [0, 1]")
+    mean = torch.tensor(ds.mean, device=dev).view(-1, 1, 1)
+    std = torch.tensor(ds.std, device=dev).view(-1, 1, 1)
+    x = ds.normalized_images().to(dev)
+    y = ds.labels.to(dev)
+    n = x.shape[0]
+    # 1. surrogate
+    g = iteration_generator(seed, -1)
+    surrogate = get_model(model, c, k, size).to(dev)
+    train_model(surrogate, x, y, TrainConfig(epochs=surrogate_steps, batch_size=n, schedule="constant"), generator=g)
+    surrogate.eval()
+    for p in surrogate.parameters():
+        p.requires_grad_(False)
+    # 2. archetypes by model inversion
+    arche = torch.randn((k, c, size, size), generator=g).to(dev).requires_grad_(True)
+    opt = torch.optim.Adam([arche], lr=0.1)
+    classes = torch.arange(k, device=dev)
+    for _ in range(archetype_steps):
+        loss = -surrogate(arche)[classes, classes].sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    # 3. triggered archetypes (the trigger is stamped in pixel space)
+    a_trig = (trigger.apply(arche.detach() * std + mean, ds.mean, ds.std) - mean) / std
+    y_trig = torch.full((k,), target, device=dev, dtype=torch.long)
+    # 4. hybrid gradient matching along benign trajectories
+    poisoned = x.clone().requires_grad_(True)
+    opt = torch.optim.Adam([poisoned], lr=lr)
+    batches = [torch.arange(s, min(s + batch_size, n), device=dev) for s in range(0, n, batch_size)]
+    last = float("nan")
+    with LoopProgress("dark attack", (trajectory + 1) * len(batches) * updates, enabled=progress) as bar:
+        for i in range(trajectory + 1):
+            for b, idx in enumerate(batches):
+                gi = iteration_generator(seed, i * len(batches) + b)
+                net = get_model(model, c, k, size).to(dev)
+                if i > 0:
+                    train_model(net, x[idx], y[idx], TrainConfig(epochs=i, batch_size=len(idx), schedule="constant"),
+                                generator=gi)
+                net.train()
+                g_clean = _flat_grad(net, x[idx], y[idx], create_graph=False).detach()
+                g_back = _flat_grad(net, a_trig, y_trig, create_graph=False).detach()
+                for _ in range(updates):
+                    g_syn = _flat_grad(net, poisoned[idx], y[idx], create_graph=True)
+                    loss = (1 - alpha) * _cos_distance(g_syn, g_clean) + alpha * _cos_distance(g_syn, g_back)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    last = float(loss.detach())
+                    bar.update(last)
+    pix = poisoned.detach() * std + mean
+    clipped = float(((pix < 0) | (pix > 1)).float().mean())
+    seconds = round(time.perf_counter() - t0, 2)
+    info = {"attack": "dark", "target": target, "trigger": trigger.spec(), "alpha": alpha,
+            "surrogate_steps": surrogate_steps, "archetype_steps": archetype_steps, "trajectory": trajectory,
+            "updates": updates, "batch_size": batch_size, "lr": lr, "model": model, "seed": seed, "seconds": seconds,
+            "final_loss": last, "clipped_fraction": round(clipped, 6), "source_digest": None}
+    return DistilledSet(images=pix.cpu().clamp(0, 1), labels=ds.labels, method=ds.method, dataset=ds.dataset,
+                        mean=ds.mean, std=ds.std, class_names=list(ds.class_names), ipc=ds.ipc, seed=ds.seed,
+                        config=ds.config, extra={**ds.extra, "backdoor": info}, lr=ds.lr, label_kind=ds.label_kind)
+
+
+def naive_poison(real: ImageDataset, target: int, *, trigger: Trigger = Trigger(), share: float = 0.01,
+                 seed: int = 0) -> tuple[ImageDataset, Tensor]:
+    """NAIVEATTACK's poisoned training set: ``share`` of the images (drawn with ``seed`` from the
+    whole set, as baadd does) carry ``trigger`` and are relabelled ``target``.
+
+    Returns:
+        (the poisoned copy of ``real``: uint8 images, labels; the poisoned indices, int64).
+
+    Raises:
+        ConfigError: a target out of range, a share outside (0, 1], or a trigger that does not fit.
+    """
+    _check_target(target, real.num_classes)
+    if not 0 < share <= 1:
+        raise ConfigError(f"the poisoned share must be in (0, 1], got {share}")
+    trigger.check(real.channels, real.image_size[0])
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(real), generator=g)[:max(1, round(share * len(real)))]
+    images, labels = real.images.clone(), real.labels.clone()
+    stamped = trigger.apply(real.float_images(idx), real.mean, real.std).clamp(0, 1)
+    images[idx] = (stamped * 255).round().to(torch.uint8)
+    labels[idx] = target
+    out = ImageDataset(**{**real.__dict__, "images": images, "labels": labels})
+    return out, idx
+
+
+@dataclass
+class AttackMetrics:
+    """CTA and ASR (in [0, 1]) per victim architecture, mean ± std over the runs."""
+
+    target: int
+    trigger: str
+    victims: list[dict[str, Any]]
+    runs: int
+    epochs: int
+    seconds: float
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(asdict(self), indent=2)
+
+
+def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | None = None,
+            victims: tuple[str, ...] = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18"), runs: int = 2,
+            epochs: int | None = None, augment: bool = True, seed: int = 0, device: str | torch.device = "auto",
+            test: ImageDataset | None = None, data_root: str | Path | None = None,
+            download: bool = False) -> AttackMetrics:
+    """CTA and ASR of networks trained on a set (victims trained with the evaluation protocol).
+
+    ``trigger`` defaults to the one recorded in the set's ``extra["backdoor"]``, else the
+    baadd patch. ASR: triggered test images of the non-target classes classified as
+    ``target``; ``asr_all_classes``: the authors' codes' count over all test images.
+
+    Raises:
+        ConfigError, ArtifactError, ModelError: bad target, trigger, victims or file.
+    """
+    from ddkit.data import load_dataset
+    from ddkit.evaluate import train_networks
+    from ddkit.train import predict
+
+    t0 = time.perf_counter()
+    ds = ds if isinstance(ds, DistilledSet) else DistilledSet.load(ds)
+    _check_target(target, ds.num_classes)
+    if trigger is None:
+        spec = ds.extra.get("backdoor", {}).get("trigger") if isinstance(ds.extra.get("backdoor"), dict) else None
+        trigger = Trigger.parse(spec) if spec else Trigger()
+    trigger.check(ds.images.shape[1], ds.images.shape[-1])
+    test = test if test is not None else load_dataset(ds.dataset, "test", data_root=data_root, download=download)
+    clean = test.float_images()
+    triggered = trigger.apply(clean, ds.mean, ds.std)
+    keep = test.labels != target
+    rows = []
+    for name in victims:
+        trained = train_networks(ds, model=name, runs=runs, epochs=epochs, augment=augment, seed=seed, device=device,
+                                 protocol="hard")
+        cta, asr, asr_all = [], [], []
+        for net in trained.networks:
+            p_clean = predict(net, clean, trained.normalize)
+            p_trig = predict(net, triggered, trained.normalize)
+            cta.append(float((p_clean == test.labels).float().mean()))
+            asr.append(float((p_trig[keep] == target).float().mean()))
+            asr_all.append(float((p_trig == target).float().mean()))
+        rows.append({"model": name, "cta": statistics.fmean(cta), "cta_std": statistics.pstdev(cta),
+                     "asr": statistics.fmean(asr), "asr_std": statistics.pstdev(asr),
+                     "asr_all_classes": statistics.fmean(asr_all), "runs_cta": cta, "runs_asr": asr,
+                     "protocol": trained.protocol})
+    return AttackMetrics(target, trigger.spec(), rows, runs, trained.epochs, round(time.perf_counter() - t0, 2))
+

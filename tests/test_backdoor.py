@@ -1,0 +1,85 @@
+"""Backdoor attacks: triggers, NAIVEATTACK's poisoned data, Dark Distillation, and CTA/ASR."""
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import ddkit
+from ddkit.backdoor import DARK_TRIGGER, Trigger, dark, measure, naive_poison
+from ddkit.cli import app
+from ddkit.errors import ConfigError
+
+W32 = ("convnet-w32",)
+
+
+def test_triggers_parse_stamp_and_refuse_what_cannot_fit():
+    t = Trigger.parse("patch:size=2,inset=1,value=1")
+    x = t.apply(torch.zeros(2, 1, 8, 8), (0.5,), (0.25,))
+    assert x[:, :, 5:7, 5:7].eq(1).all() and x.sum() == 2 * 4  # one pixel inside the bottom-right corner
+    assert Trigger.parse(t.spec()) == t
+    d = DARK_TRIGGER.apply(torch.zeros(1, 1, 8, 8), (0.5,), (0.25,))
+    assert d[0, 0, 7, 7] == pytest.approx(0.5 + 10 * 0.25) and d.sum() == d[0, 0, 7, 7]
+    b = Trigger.parse("blend:alpha=0.2,seed=1").apply(torch.zeros(1, 3, 8, 8), (0.5,) * 3, (0.25,) * 3)
+    assert 0 < float(b.max()) <= 0.2
+    for bad, text in (("star", "unknown trigger"), ("patch:colour=1", "unknown trigger setting"),
+                      ("patch:size=x", "not a number")):
+        with pytest.raises(ConfigError, match=text):
+            Trigger.parse(bad)
+    with pytest.raises(ConfigError, match="does not fit"):
+        Trigger(size=8, inset=1).apply(torch.zeros(1, 1, 8, 8), (0.5,), (0.25,))
+
+
+def test_naive_poisoning_and_asr_on_digits(digits):
+    real, test = digits
+    poisoned, idx = naive_poison(real, 0, trigger=Trigger(size=3, inset=0), share=0.3, seed=0)
+    assert len(idx) == round(0.3 * len(real)) and poisoned.labels[idx].eq(0).all()
+    assert poisoned.images[idx][:, :, 5:, 5:].eq(255).all() and torch.equal(poisoned.images[:0], real.images[:0])
+    with pytest.raises(ConfigError, match="target label"):
+        naive_poison(real, 10)
+    with pytest.raises(ConfigError, match="share"):
+        naive_poison(real, 0, share=0)
+    trig = Trigger(size=3, inset=0)
+    bad = ddkit.distill(poisoned, "random", 30, seed=0, progress=False)
+    clean = ddkit.distill(real, "random", 30, seed=0, progress=False)
+    kw = {"trigger": trig, "victims": W32, "runs": 1, "epochs": 60, "augment": False, "device": "cpu", "test": test}
+    m_bad, m_clean = measure(bad, 0, **kw), measure(clean, 0, **kw)
+    assert m_bad.victims[0]["asr"] > 0.5 > m_clean.victims[0]["asr"] + 0.2  # the backdoor is learnt from the set
+    assert m_clean.victims[0]["cta"] > 0.5 and m_bad.trigger == trig.spec()
+    assert m_bad.victims[0]["asr_all_classes"] >= m_bad.victims[0]["asr"] * 0.9
+
+
+def test_dark_poisons_a_set_without_raw_data(digits, tmp_path):
+    real, _ = digits
+    ds = ddkit.distill(real, "random", 2, seed=0, progress=False)
+    kw = {"surrogate_steps": 5, "archetype_steps": 5, "trajectory": 1, "updates": 3, "model": "convnet-w32"}
+    a = dark(ds, 3, seed=1, **kw)
+    b = dark(ds, 3, seed=1, **kw)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, ds.labels)
+    assert (a.images - ds.images).abs().max() > 1e-4
+    info = a.extra["backdoor"]
+    assert info["attack"] == "dark" and info["target"] == 3 and info["seconds"] >= 0 and info["updates"] == 3
+    a.save(tmp_path / "p.safetensors")
+    assert ddkit.DistilledSet.load(tmp_path / "p.safetensors").extra["backdoor"]["trigger"] == DARK_TRIGGER.spec()
+    with pytest.raises(ConfigError, match="target label"):
+        dark(ds, -1, **kw)
+
+
+def test_attack_cli(digits, tmp_path):
+    real, _ = digits
+    src = tmp_path / "s.safetensors"
+    ddkit.distill(real, "random", 2, seed=0, progress=False).save(src)
+    runner = CliRunner()
+    res = runner.invoke(app, ["attack", "dark", str(src), "--out", str(tmp_path / "p.safetensors"), "--target", "1",
+                              "--trajectory", "0", "--updates", "2", "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["attack", "measure", str(tmp_path / "p.safetensors"), "--target", "1", "--victims",
+                              "convnet-w32,mlp", "--runs", "1", "--epochs", "1", "--device", "cpu", "--json",
+                              str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "m.json").exists() and "ASR" in res.output
+    for args, text in ((["attack", "dark", str(src), "--out", str(tmp_path / "x.st"), "--target", "12"], "target"),
+                       (["attack", "measure", str(src), "--trigger", "patch:size=9"], "does not fit"),
+                       (["attack", "dark", str(src), "--out", str(tmp_path / "x.st"), "--trigger", "zap"], "trigger")):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and text in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "x.st").exists()
