@@ -1,7 +1,10 @@
-"""The trust audit of distilled sets (privacy first: membership-inference scoring).
+"""The trust audit of distilled sets: its parts, as library functions.
 
-The full ``ddkit audit`` command (robustness, fairness, biased data, the HTML report) is
-not built yet; :mod:`ddkit.audit.mia` holds the membership-inference scoring it will use.
+:mod:`ddkit.audit.mia` (membership-inference scoring: threshold attack, LiRA, metrics),
+:mod:`ddkit.audit.robustness` (adversarial accuracy with torchattacks, common corruptions
+with imagecorruptions-imaug), :mod:`ddkit.audit.fairness` (per-class figures). The
+``ddkit audit`` command that runs them on a set against its baselines and writes the
+report, the audit split for membership inference, and the biased datasets are not built yet.
 """
 
 from ddkit.audit.mia import MIAMetrics, attack_metrics, lira_offline, lira_online, logit_confidence
