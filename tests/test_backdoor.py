@@ -83,3 +83,34 @@ def test_attack_cli(digits, tmp_path):
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and text in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "x.st").exists()
+
+
+def test_doorping_optimises_the_trigger_through_the_hook_and_the_set_carries_it(digits, tmp_path):
+    from ddkit.backdoor import Doorping
+
+    real, test = digits
+    trig = Trigger(size=3, inset=0)
+    poisoned, idx = naive_poison(real, 0, trigger=trig, share=0.1, seed=0)
+    hook = Doorping(real.float_images(idx), idx, trig, real.mean, real.std, steps=20)
+    cfg = {"model": "convnet-w32", "batch_real": 16, "checkpoint_every": 1}
+    ck = tmp_path / "d.ckpt"
+    ds = ddkit.distill(poisoned, "dm", 2, iterations=3, config=cfg, seed=0, progress=False, hook=hook, checkpoint=ck)
+    assert len(hook.updates) == 3 and hook.pattern is not None
+    inside = hook.pattern[0][:, 5:, 5:]
+    assert (hook.pattern[0][:, :5, :] == 0).all() and (inside != hook.initial[0][:, 5:, 5:]).any()  # mask kept
+    assert hook.updates[0]["neuron"] >= 0
+    from ddkit.distill.base import Checkpoint
+
+    assert "t.trigger" in Checkpoint.read(ck).tensors  # a resumed run continues with the optimised trigger
+    res = CliRunner().invoke(app, ["attack", "doorping", "--dataset", "digits", "--method", "dm", "--ipc", "2",
+                                   "--iterations", "2", "--share", "0.1", "--trigger", "patch:size=3,inset=0",
+                                   "--steps", "5", "--set", "model=convnet-w32", "--set", "batch_real=16",
+                                   "--out", str(tmp_path / "dp.safetensors"), "--quiet", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    dp = ddkit.DistilledSet.load(tmp_path / "dp.safetensors")
+    assert dp.tensors["trigger"].shape == (1, 8, 8) and dp.extra["backdoor"]["attack"] == "doorping"
+    m = measure(dp, 0, victims=W32, runs=1, epochs=1, device="cpu", test=test)
+    assert m.trigger.startswith("pattern stored") and 0 <= m.victims[0]["asr"] <= 1
+    bad = CliRunner().invoke(app, ["attack", "doorping", "--dataset", "digits", "--method", "kip", "--out",
+                                   str(tmp_path / "x.safetensors")])
+    assert bad.exit_code == 2 and "dm, dc or dsa" in bad.stderr

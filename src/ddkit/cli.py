@@ -539,6 +539,37 @@ def attack_dark(
     out.print(f"wrote {out_file}: dark attack, target {target}, trigger {info['trigger']}, {info['seconds']} s")
 
 
+def _poisoned_distillation(kind: str, out_file: Path, dataset: str, method: str, ipc: int, iterations: int | None,
+                           target: int, share: float, trigger: str, set_: list[str] | None, seed: int, device: str,
+                           quiet: bool, data_root: Path | None, download: bool, steps: int = 1000) -> None:
+    import ddkit
+    from ddkit.backdoor import Doorping, Trigger, naive_poison
+    from ddkit.distill import get_method, make_config
+    from ddkit.utils import check_writable
+
+    check_writable(out_file)
+    settings = _parse_sets(set_ or [])
+    make_config(get_method(method), {**settings, **({"iterations": iterations} if iterations is not None else {})})
+    trig = Trigger.parse(trigger)
+    real = ddkit.load_dataset(dataset, "train", data_root=data_root, download=download)
+    poisoned, idx = naive_poison(real, target, trigger=trig, share=share, seed=seed)
+    hook = None
+    if kind == "doorping":
+        if method not in ("dm", "dc", "dsa"):
+            raise ConfigError(f"doorping runs with dm, dc or dsa (they expose their network), not {method!r}")
+        hook = Doorping(real.float_images(idx), idx, trig, real.mean, real.std, steps=steps, seed=seed)
+    res = ddkit.distill(poisoned, method, ipc, iterations=iterations, config=settings, seed=seed, device=device,
+                        progress=not quiet, hook=hook)
+    res.extra["backdoor"] = {"attack": kind, "target": target, "trigger": trig.spec(), "share": share,
+                             "poisoned_images": len(idx), "seed": seed, "method": method}
+    if hook is not None and hook.pattern is not None:  # the optimised trigger travels with the set
+        res.tensors["trigger"], res.tensors["trigger_mask"] = hook.pattern[0], hook.mask[0]
+        res.extra["backdoor"].update(trigger_updates=len(hook.updates), last_neuron=hook.updates[-1]["neuron"])
+    res.save(out_file)
+    out.print(f"wrote {out_file}: {kind} attack, {method} on {dataset} with {len(idx)} poisoned images "
+              f"(target {target})")
+
+
 @attack_app.command("naive")
 @_cli_errors
 def attack_naive(
@@ -558,23 +589,32 @@ def attack_naive(
     download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
 ):
     """NAIVEATTACK: distil from raw data of which a share carries the trigger and the target label."""
-    import ddkit
-    from ddkit.backdoor import Trigger, naive_poison
-    from ddkit.distill import get_method, make_config
-    from ddkit.utils import check_writable
+    _poisoned_distillation("naive", out_file, dataset, method, ipc, iterations, target, share, trigger, set_, seed,
+                           device, quiet, data_root, download)
 
-    check_writable(out_file)
-    settings = _parse_sets(set_ or [])
-    make_config(get_method(method), {**settings, **({"iterations": iterations} if iterations is not None else {})})
-    trig = Trigger.parse(trigger)
-    real = ddkit.load_dataset(dataset, "train", data_root=data_root, download=download)
-    poisoned, idx = naive_poison(real, target, trigger=trig, share=share, seed=seed)
-    res = ddkit.distill(poisoned, method, ipc, iterations=iterations, config=settings, seed=seed, device=device,
-                        progress=not quiet)
-    res.extra["backdoor"] = {"attack": "naive", "target": target, "trigger": trig.spec(), "share": share,
-                             "poisoned_images": len(idx), "seed": seed}
-    res.save(out_file)
-    out.print(f"wrote {out_file}: {method} on {dataset} with {len(idx)} poisoned images (target {target})")
+
+@attack_app.command("doorping")
+@_cli_errors
+def attack_doorping(
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="The distilled set (.safetensors).")],
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "fashion-mnist",
+    method: Annotated[str, typer.Option(help="dm, dc or dsa.")] = "dm",
+    ipc: Annotated[int, typer.Option(help="Images per class.")] = 10,
+    iterations: Annotated[int | None, typer.Option(help="Iteration budget (default: the method's).")] = None,
+    target: Annotated[int, typer.Option(help="The backdoor's target class.")] = 0,
+    share: Annotated[float, typer.Option(help="Share of the raw images poisoned (1 %).")] = 0.01,
+    trigger: Annotated[str, typer.Option(help="The patch whose pattern is optimised.")] = "patch",
+    steps: Annotated[int, typer.Option(help="Trigger optimisation steps per iteration (≤ 1000).")] = 1000,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Method setting key=value.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
+):
+    """DOORPING: as naive, with the trigger optimised after every iteration (the set stores it)."""
+    _poisoned_distillation("doorping", out_file, dataset, method, ipc, iterations, target, share, trigger, set_, seed,
+                           device, quiet, data_root, download, steps=steps)
 
 
 @attack_app.command("measure")

@@ -125,6 +125,7 @@ class EmbeddingMatchingDistiller(Distiller):
         opt.step()
         if compiled is not None and "warmup_seconds" not in state.values:
             state.values["warmup_seconds"] = round(time.perf_counter() - t_it, 2)
+        aux["net"] = net  # the iteration's network (for hooks: DOORPING)
         return float(loss.detach()) / ctx.num_classes
 
     def finish(self, state: LoopState, ctx: RunContext) -> SetParts:

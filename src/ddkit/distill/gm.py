@@ -365,6 +365,7 @@ class DCDistiller(Distiller):
             # DC's inner loop: train θ on the (frozen) synthetic set, non-siamese DSA for ``dsa``
             train_model(net, syn.detach(), labels.to(ctx.device), aux["inner"], optimizer=net_opt, augment=dsa,
                         generator=generator)
+        aux["net"] = net  # the iteration's network after its last inner update (for hooks: DOORPING)
         return total / (k * outer)
 
     def finish(self, state: LoopState, ctx: RunContext) -> SetParts:
