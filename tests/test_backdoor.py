@@ -94,7 +94,7 @@ def test_doorping_optimises_the_trigger_through_the_hook_and_the_set_carries_it(
     hook = Doorping(real.float_images(idx), idx, trig, real.mean, real.std, steps=20)
     cfg = {"model": "convnet-w32", "batch_real": 16, "checkpoint_every": 1}
     ck = tmp_path / "d.ckpt"
-    ds = ddkit.distill(poisoned, "dm", 2, iterations=3, config=cfg, seed=0, progress=False, hook=hook, checkpoint=ck)
+    ddkit.distill(poisoned, "dm", 2, iterations=3, config=cfg, seed=0, progress=False, hook=hook, checkpoint=ck)
     assert len(hook.updates) == 3 and hook.pattern is not None
     inside = hook.pattern[0][:, 5:, 5:]
     assert (hook.pattern[0][:, :5, :] == 0).all() and (inside != hook.initial[0][:, 5:, 5:]).any()  # mask kept
