@@ -29,6 +29,7 @@ def distill(
     download: bool = False,
     hook: Callable[[StepEvent], None] | None = None,
     sample_weights: torch.Tensor | None = None,
+    audit_split: int | None = None,
 ) -> DistilledSet:
     """Distil a real dataset with a registered method.
 
@@ -42,6 +43,9 @@ def distill(
             :meth:`ddkit.distill.base.Distiller.distill`.
         data_root, download: where to look for the data when ``real`` is a name, and whether
             torchvision may download it when no copy is found (off by default).
+        audit_split: distil from the seeded half of ``real`` (the *members*; the other half is
+            the non-member pool of the membership-inference audit). The set records the split
+            as a spec (seed, fraction, the real set's size), not as a list of indices.
 
     Returns:
         The :class:`DistilledSet` (images float32 N×C×H×W in [0, 1], labels, the resolved
@@ -57,5 +61,17 @@ def distill(
     if iterations is not None:
         overrides["iterations"] = iterations
     distiller = cls(make_config(cls, overrides))
-    return distiller.distill(real, ipc, device=device, seed=seed, progress=progress, checkpoint=checkpoint,
-                             resume=resume, hook=hook, sample_weights=sample_weights)
+    split = None
+    if audit_split is not None:
+        from ddkit.audit.privacy import member_split
+
+        members, _ = member_split(len(real), audit_split)
+        split = {"seed": int(audit_split), "fraction": 0.5, "train_size": len(real), "dataset": real.name}
+        real = real.subset(members)
+        if sample_weights is not None:
+            sample_weights = torch.as_tensor(sample_weights)[members]
+    ds = distiller.distill(real, ipc, device=device, seed=seed, progress=progress, checkpoint=checkpoint,
+                           resume=resume, hook=hook, sample_weights=sample_weights)
+    if split is not None:
+        ds.extra["audit_split"] = split
+    return ds

@@ -179,6 +179,8 @@ def distill(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
+    audit_split: Annotated[int | None, typer.Option(help="Distil from the seeded half of the training set (the "
+                                                         "membership-inference audit's members).")] = None,
 ):
     """Distil a dataset and write the distilled set (checkpoints go to OUT.ckpt).
 
@@ -205,7 +207,8 @@ def distill(
     with output_lock(out_file, suffixes=(".ckpt",)):
         real = ddkit.load_dataset(dataset, "train", data_root=data_root, download=download)
         result = ddkit.distill(real, method, ipc, iterations=iterations, config=settings, seed=seed,
-                               device=device, checkpoint=ckpt, resume=resume, progress=not quiet)
+                               device=device, checkpoint=ckpt, resume=resume, progress=not quiet,
+                               audit_split=audit_split)
         result.save(out_file)
         if ckpt.exists():
             ckpt.unlink()
@@ -503,6 +506,65 @@ def verify(
 
     res = verify_file(file, pubkey)
     out.print(f"{file}: valid signature by key {res['key'][:16]} ({res['where']})")
+
+
+@app.command()
+@_cli_errors
+def audit(
+    file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for audit.json and report.html.")],
+    parts: Annotated[str, typer.Option(help="Comma-separated: privacy,robustness,fairness (privacy needs a set "
+                                            "made with --audit-split).")] = "privacy,robustness,fairness",
+    model: Annotated[str, typer.Option(help="Network trained on the set (and the baselines).")] = "convnet",
+    runs: Annotated[int, typer.Option(help="Networks per training set.")] = 2,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the protocol's).")] = None,
+    shadows: Annotated[int, typer.Option(help="LiRA shadow pipelines (0: threshold attack only).")] = 0,
+    shadow_epochs: Annotated[int, typer.Option(help="Epochs of each shadow network.")] = 100,
+    examples: Annotated[int, typer.Option(help="Members (and as many non-members) attacked.")] = 2000,
+    eps: Annotated[str, typer.Option(help="Comma-separated L∞ ε in pixel units, or 'mnist' for 0.1,0.3.")] =
+        "0.00784,0.01569,0.03137",
+    corruptions: Annotated[str, typer.Option(help="Comma-separated corruptions, 'none', or 'all' (glass_blur "
+                                                  "is slow: ~12 s per image).")] = "default",
+    test_images: Annotated[int, typer.Option(help="Test images for the robustness part.")] = 1000,
+    full_baseline: Annotated[bool, typer.Option(help="Also train on the full real training set.")] = False,
+    baseline_epochs: Annotated[int, typer.Option(help="Epochs of the full-data baseline.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
+    pubkey: Annotated[Path | None, typer.Option(help="Require a valid signature by this public key.")] = None,
+):
+    """Privacy (membership inference), robustness and fairness of a set, beside a random subset."""
+    from ddkit.artifact import DistilledSet
+    from ddkit.audit.report import DEFAULT_CORRUPTIONS, write_report
+    from ddkit.audit.report import audit as run_audit
+    from ddkit.audit.robustness import CORRUPTIONS
+
+    try:
+        eps_values = (0.1, 0.3) if eps.strip() == "mnist" else tuple(float(e) for e in eps.split(",") if e.strip())
+    except ValueError:
+        raise ConfigError(f"--eps must be numbers separated by commas or 'mnist', got {eps!r}") from None
+    corr = {"default": DEFAULT_CORRUPTIONS, "all": CORRUPTIONS, "none": ()}.get(corruptions.strip())
+    if corr is None:
+        corr = tuple(c.strip() for c in corruptions.split(",") if c.strip())
+    res = run_audit(DistilledSet.load(file, public_key=pubkey), parts=tuple(p.strip() for p in parts.split(",")
+                                                                            if p.strip()),
+                    model=model, runs=runs, epochs=epochs, shadows=shadows, shadow_epochs=shadow_epochs,
+                    examples=examples, eps=eps_values, corruptions=corr, test_images=test_images,
+                    full_baseline=full_baseline, baseline_epochs=baseline_epochs, seed=seed, device=device,
+                    data_root=data_root, download=download)
+    js, page = write_report(res, out_dir)
+    if "privacy" in res:
+        m = res["privacy"]["distilled"]["threshold"]
+        out.print(f"membership inference (threshold): AUC {m['auc']:.3f}, TPR@1% FPR {m['tpr_at_1pct_fpr']:.3f}")
+    if "robustness" in res:
+        r = res["robustness"]["distilled"]
+        out.print(f"robustness: clean {100 * r['clean']:.2f} %, " + ", ".join(
+            f"{k} {100 * v:.2f} %" for k, v in r["adversarial"].items()))
+    if "fairness" in res:
+        f = res["fairness"]["distilled"]
+        out.print(f"fairness: std across classes {100 * f['std']:.2f} pts, worst class {100 * f['worst']:.2f} %")
+    out.print(f"wrote {js} and {page} ({res['seconds']['total']} s)")
 
 
 attack_app = typer.Typer(cls=_OneLineErrors, no_args_is_help=True,

@@ -29,7 +29,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from ddkit.errors import ConfigError
 
-__all__ = ["MIAMetrics", "attack_metrics", "lira_offline", "lira_online", "logit_confidence"]
+__all__ = ["MIAMetrics", "attack_metrics", "lira_offline", "lira_offline_masked", "lira_online",
+           "logit_confidence"]
 
 _MIN_STD = 1e-6
 
@@ -107,6 +108,22 @@ def lira_offline(target: np.ndarray, shadow_out: np.ndarray, *, fixed_variance: 
     target, shadow = np.asarray(target, float), np.asarray(shadow_out, float)
     _check(target, shadow, "lira_offline")
     mu, sd = _moments(shadow, np.ones_like(shadow, dtype=bool), fixed_variance)
+    return norm.logcdf(target, mu, sd)
+
+
+def lira_offline_masked(target: np.ndarray, shadow: np.ndarray, shadow_out: np.ndarray, *,
+                        fixed_variance: bool = True) -> np.ndarray:
+    """LiRA offline when each example has its own OUT shadows: ``shadow_out`` (S×N bool) marks
+    the shadow networks that did not train on each example.
+
+    Raises:
+        ConfigError: shapes disagree, non-finite scores, or an example without OUT shadows.
+    """
+    target, shadow, mask = np.asarray(target, float), np.asarray(shadow, float), np.asarray(shadow_out, bool)
+    _check(target, shadow, "lira_offline")
+    if mask.shape != shadow.shape:
+        raise ConfigError(f"lira_offline: shadow_out must be {shadow.shape}, got {mask.shape}")
+    mu, sd = _moments(shadow, mask, fixed_variance)
     return norm.logcdf(target, mu, sd)
 
 
