@@ -254,7 +254,7 @@ def write_report(res: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
         f = res["fairness"]
         rows = "".join(f"<tr><td>{html.escape(w)}</td><td>{100 * v['std']:.2f}</td><td>{100 * v['worst']:.2f}</td>"
                        f"<td>{html.escape(f['class_names'][v['worst_class']])}</td><td>{100 * v['range']:.2f}</td>"
-                       f"<td>{v.get('std_ratio', float('nan')):.3f}</td></tr>"
+                       f"<td>{'—' if 'std_ratio' not in v else format(v['std_ratio'], '.3f')}</td></tr>"
                        for w, v in f.items() if isinstance(v, dict))
         parts.append(f"<h2>Fairness (reference: {html.escape(f['reference'])})</h2><table border=1 cellpadding=4>"
                      "<tr><th>networks</th><th>std across classes (pts)</th><th>worst class (%)</th><th>worst</th>"
