@@ -25,6 +25,7 @@ try:  # typer ≥ 0.20 vendors click
 except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as _click_errors
 
+_NO_ARGS_IS_HELP = getattr(_click_errors, "NoArgsIsHelpError", ())  # click ≥ 8.2; older ones exit(0) instead
 out = Console()
 err = Console(stderr=True)
 
@@ -39,7 +40,7 @@ class _OneLineErrors(typer.core.TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
-        except _click_errors.NoArgsIsHelpError as exc:
+        except _NO_ARGS_IS_HELP as exc:
             out.print(exc.ctx.get_help() if exc.ctx is not None else "ddkit --help", highlight=False)
             sys.exit(0)
         except _click_errors.UsageError as exc:
