@@ -381,7 +381,8 @@ def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | No
     ``target``; ``asr_all_classes``: the authors' codes' count over all test images.
 
     Raises:
-        ConfigError, ArtifactError, ModelError: bad target, trigger, victims or file.
+        ConfigError, ArtifactError, ModelError: bad target, trigger, victims (none, or an
+            unknown name) or file.
     """
     from ddkit.data import load_dataset
     from ddkit.evaluate import train_networks
@@ -390,6 +391,8 @@ def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | No
     t0 = time.perf_counter()
     ds = ds if isinstance(ds, DistilledSet) else DistilledSet.load(ds)
     _check_target(target, ds.num_classes)
+    if not victims:
+        raise ConfigError("give at least one victim architecture (e.g. convnet,mlp)")
     pattern = None
     if trigger is None and "trigger" in ds.tensors and "trigger_mask" in ds.tensors:
         pattern, mask = ds.tensors["trigger"], ds.tensors["trigger_mask"]
