@@ -33,7 +33,10 @@ def test_naive_poisoning_and_asr_on_digits(digits):
     real, test = digits
     poisoned, idx = naive_poison(real, 0, trigger=Trigger(size=3, inset=0), share=0.3, seed=0)
     assert len(idx) == round(0.3 * len(real)) and poisoned.labels[idx].eq(0).all()
-    assert poisoned.images[idx][:, :, 5:, 5:].eq(255).all() and torch.equal(poisoned.images[:0], real.images[:0])
+    keep = torch.ones(len(real), dtype=torch.bool).index_fill(0, idx, False)
+    assert poisoned.images[idx][:, :, 5:, 5:].eq(255).all()
+    assert torch.equal(poisoned.images[keep], real.images[keep])
+    assert torch.equal(poisoned.labels[keep], real.labels[keep])
     with pytest.raises(ConfigError, match="target label"):
         naive_poison(real, 10)
     with pytest.raises(ConfigError, match="share"):

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from ddkit.errors import ArtifactError
 from ddkit.utils import atomic_path
 
-__all__ = ["HASH_KEY", "HEADER_KEY", "read", "read_header", "tensor_digest", "write"]
+__all__ = ["HASH_KEY", "HEADER_KEY", "read", "read_header", "read_metadata", "tensor_digest", "write"]
 
 HEADER_KEY = "ddkit"
 HASH_KEY = "sha256"
@@ -82,6 +82,15 @@ def _metadata(p: Path, what: str) -> dict[str, str]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ArtifactError(f"{str(p)!r} is not a {what} (not a safetensors file: {first})") from None
+
+
+def read_metadata(path: str | Path, what: str = "ddkit file") -> dict[str, str]:
+    """A container's raw safetensors metadata (string → string), unverified.
+
+    Raises:
+        ArtifactError: missing file, or not a safetensors file.
+    """
+    return _metadata(Path(path), what)
 
 
 def _check_format(p: Path, header: dict[str, Any], formats: tuple[str, ...], what: str) -> None:

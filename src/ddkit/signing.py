@@ -31,7 +31,6 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ddkit import io
@@ -122,13 +121,7 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
 
 
 def _metadata(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        raise ArtifactError(f"{str(path)!r} does not exist or is not a file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as exc:
-        raise ArtifactError(f"{str(path)!r} is not a ddkit file ({str(exc).splitlines()[0][:120]})") from None
+    return io.read_metadata(path, "distilled set")
 
 
 def sign_file(path: str | Path, key: str | Path | Ed25519PrivateKey, *, detached: bool = False) -> Path:

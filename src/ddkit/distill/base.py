@@ -341,6 +341,7 @@ class Distiller(ABC):
     # ---------------------------------------------------------------- what a method supplies
     @classmethod
     def declared_label_kinds(cls) -> set[str]:
+        """The label kinds this method may write (``label_kinds`` as a set)."""
         return set(cls.label_kinds)
 
     def label_kind(self, config: Any) -> str:
@@ -434,6 +435,7 @@ class Distiller(ABC):
         state.values.update(ck.values)
 
     def title(self, ctx: RunContext) -> str:
+        """The progress bar's description."""
         return f"{self.name} ipc={ctx.ipc}"
 
     # ---------------------------------------------------------------- what the base does
@@ -446,12 +448,7 @@ class Distiller(ABC):
         """
         fill: dict[str, Any] = {}
         if self.ipc_defaults:
-            rows = sorted(self.ipc_defaults)
-            if self.ipc_rule == "ceil":
-                row = next((r for r in rows if r >= ipc), rows[-1])
-            else:
-                row = min(rows, key=lambda r: (abs(r - ipc), r))
-            fill.update(self.ipc_defaults[row])
+            fill.update(self.ipc_defaults[table_row(self.ipc_defaults, ipc, self.ipc_rule)])
         fill.update(self.dataset_defaults(real, ipc))
         current = self.config.model_dump()
         update = {k: v for k, v in fill.items() if k in current and current[k] is None}
@@ -582,6 +579,15 @@ class Distiller(ABC):
 
 
 # ------------------------------------------------------------------------ shared helpers
+def table_row(table: dict[int, Any], ipc: int, rule: str = "nearest") -> int:
+    """The tabulated IPC whose row applies to ``ipc``: ``nearest`` (ties to the smaller IPC) or
+    ``ceil`` (the smallest tabulated IPC ≥ ``ipc``, else the largest)."""
+    rows = sorted(table)
+    if rule == "ceil":
+        return next((r for r in rows if r >= ipc), rows[-1])
+    return min(rows, key=lambda r: (abs(r - ipc), r))
+
+
 def sample_per_class(by_class: list[torch.Tensor], n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` indices per class, class-major (int64, K·n), drawn with ``generator``.
 

@@ -106,6 +106,7 @@ from ddkit.distill.base import (
     iteration_generator,
     register,
     sample_per_class,
+    table_row,
 )
 from ddkit.distill.feature_matching import FeatureMatchingConfig
 from ddkit.errors import ConfigError
@@ -144,8 +145,7 @@ def default_loops(ipc: int) -> tuple[int, int]:
     """
     if ipc < 1:
         raise ConfigError(f"IPC must be ≥ 1, got {ipc}")
-    nearest = min(LOOPS, key=lambda k: (abs(k - ipc), k))
-    return LOOPS[nearest]
+    return LOOPS[table_row(LOOPS, ipc, "nearest")]
 
 
 def _rows(g: torch.Tensor, lead: int) -> torch.Tensor | None:

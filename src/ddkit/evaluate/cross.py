@@ -52,6 +52,7 @@ class CrossArchResult:
     elf: bool = False
 
     def columns(self) -> list[str]:
+        """Column titles of :meth:`table` (the ELF columns only when ELF was run)."""
         cols = ["architecture", self.method, self.baseline, "gain (points)"]
         return cols + ["ELF", "ELF gain (points)"] if self.elf else cols
 
