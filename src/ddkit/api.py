@@ -48,7 +48,7 @@ def distill(
             as a spec (seed, fraction, the real set's size), not as a list of indices.
 
     Returns:
-        The :class:`DistilledSet` (images float32 N×C×H×W in [0, 1], labels, the resolved
+        The :class:`DistilledSet` (images float32 N×C×H×W in pixel space, unclamped; labels, the resolved
         config, the run's record in ``extra``).
 
     Raises:

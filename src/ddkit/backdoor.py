@@ -158,8 +158,8 @@ def dark(ds: DistilledSet, target: int = 0, *, trigger: Trigger = DARK_TRIGGER, 
         device, seed, progress: as elsewhere (same seed ⇒ same poisoned set).
 
     Returns:
-        The poisoned set: its images (pixel space; values outside [0, 1] are clipped, the
-        fraction recorded) with the original labels and provenance; ``extra["backdoor"]``
+        The poisoned set: its images (pixel space, unclipped like every distilled set; the
+        fraction outside [0, 1] is recorded) with the original labels and provenance; ``extra["backdoor"]``
         records the attack, target, trigger, settings and ``seconds`` (wall clock).
 
     Raises:
@@ -227,13 +227,13 @@ def dark(ds: DistilledSet, target: int = 0, *, trigger: Trigger = DARK_TRIGGER, 
                     last = float(loss.detach())
                     bar.update(last)
     pix = poisoned.detach() * std + mean
-    clipped = float(((pix < 0) | (pix > 1)).float().mean())
+    overflow = float(((pix < 0) | (pix > 1)).float().mean())
     seconds = round(time.perf_counter() - t0, 2)
     info = {"attack": "dark", "target": target, "trigger": trigger.spec(), "alpha": alpha,
             "surrogate_steps": surrogate_steps, "archetype_steps": archetype_steps, "trajectory": trajectory,
             "updates": updates, "batch_size": batch_size, "lr": lr, "model": model, "seed": seed, "seconds": seconds,
-            "final_loss": last, "clipped_fraction": round(clipped, 6), "source_digest": None}
-    return DistilledSet(images=pix.cpu().clamp(0, 1), labels=ds.labels, method=ds.method, dataset=ds.dataset,
+            "final_loss": last, "pixel_overflow": round(overflow, 6), "source_digest": None}
+    return DistilledSet(images=pix.cpu(), labels=ds.labels, method=ds.method, dataset=ds.dataset,
                         mean=ds.mean, std=ds.std, class_names=list(ds.class_names), ipc=ds.ipc, seed=ds.seed,
                         config=ds.config, extra={**ds.extra, "backdoor": info}, lr=ds.lr, label_kind=ds.label_kind)
 

@@ -252,18 +252,22 @@ def buffer(
 @_cli_errors
 def evaluate(
     file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
-    model: Annotated[str, typer.Option(help="Evaluation network (zoo name).")] = "convnet",
+    model: Annotated[str | None, typer.Option(help="Evaluation network (zoo name; default: the protocol's, "
+                                                   "convnet for dsa/dc/soft).")] = None,
     runs: Annotated[int, typer.Option(help="Networks trained from scratch.")] = 5,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (hard: 1000 with DSA, 300 without; soft: 1000).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the protocol's: dsa 1000, dc 300, soft 1000; "
+                                                    "frepo/kip: optimiser steps).")] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment",
-                                          help="Augmentation (hard: DSA; soft: crop, flip, CutMix).")] = True,
+                                          help="The protocol's augmentation (dsa: DSA; soft: crop, flip, CutMix); "
+                                               "off: none.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the first network.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the test set.")] = None,
     quiet: Annotated[bool, typer.Option(help="No per-run lines.")] = False,
-    protocol: Annotated[str, typer.Option(help="hard (DC/DSA/DM), soft (RDED/CFM: teacher's online soft labels) "
-                                               "or auto (soft when the set ships a teacher).")] = "auto",
+    protocol: Annotated[str, typer.Option(help="auto (the protocol of the set's method's paper), dsa (= hard: "
+                                               "DSA/DM/MTT), dc, frepo, kip (RFAD finite nets), soft (RDED/CFM: "
+                                               "a teacher's online soft labels).")] = "auto",
     teacher: Annotated[Path | None, typer.Option(help="Teacher for the soft protocol: a teacher file or a set "
                                                       "that ships one (default: the set's own).")] = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
@@ -322,7 +326,7 @@ def evaluate(
                             download=download, elf=elf_cfg)
     if _rank() != 0:  # under torchrun: rank 0 reports for all
         return
-    out.print(f"{result.method} IPC {result.ipc} on {result.dataset}, {model}, {runs} runs × "
+    out.print(f"{result.method} IPC {result.ipc} on {result.dataset}, {result.model}, {runs} runs × "
               f"{result.epochs} epochs: test accuracy {result.summary()}")
     out.print(f"protocol: {result.protocol}", highlight=False)
     if json_out is not None:
@@ -382,7 +386,7 @@ def import_(
     ds.save(out_file)
     info = ds.extra["import"]
     out.print(f"wrote {out_file} ({ds.images.shape[0]} images, {ds.label_kind} labels, from {fmt}; "
-              f"{100 * info['clipped_fraction']:.2f} % of pixel values clipped to [0, 1])")
+              f"{100 * info['pixel_overflow']:.2f} % of pixel values outside [0, 1], kept)")
 
 
 @app.command()

@@ -18,8 +18,8 @@ explicit allow-list of NumPy scalar types that the DC code's accuracy lists hold
 de-standardising, the pixels must lie in [0, 1] within ``tolerance``: a set still in ZCA
 space or standardised with other statistics scores ~10 % if taken as it is (the most common
 complaint in these projects' issues), so it is refused with a message saying what to do.
-Values within the tolerance outside [0, 1] are clipped, since ddkit 0.2 stores pixel-range
-images (the fraction clipped is recorded). The imported set records its source file(s)' SHA-256.
+Values outside [0, 1] within the tolerance are kept as they are (ddkit stores distilled
+images unclamped, as the authors' code does); their fraction is recorded. The imported set records its source file(s)' SHA-256.
 
 ZCA (``zca=True``, MTT's ``--zca``): MTT whitens with kornia's ``ZCAWhitening(eps=0.1)``
 fitted on the standardised training set; the transform is recomputed here the same way and
@@ -131,12 +131,13 @@ def import_set(fmt: str, path: str | Path, dataset: str, *, exp: int = 0, zca: b
         label_kind: what N×K labels are (``probabilities`` or ``regression``); one-hot rows
             become class indices by themselves.
         method: the method name to record (default: from a ``dc`` file name, else ``"imported"``).
-        tolerance: how far outside [0, 1] de-standardised pixels may lie (then clipped).
+        tolerance: how far outside [0, 1] de-standardised pixels may lie (kept unclipped).
         data_root, download, train: where the dataset comes from (``train``: already loaded).
 
     Returns:
-        The set: images float32 N×C×H×W in [0, 1], class-major or as stored; ``extra["import"]``
-        records the format, source, SHA-256, experiment, ZCA and the clipped fraction.
+        The set: images float32 N×C×H×W in pixel space (unclipped), class-major or as stored;
+        ``extra["import"]`` records the format, source, SHA-256, experiment, ZCA and the
+        fraction of values outside [0, 1] (``pixel_overflow``).
 
     Raises:
         ArtifactError: the file is missing, not loadable as plain data (a pickle payload),
@@ -221,12 +222,12 @@ def import_set(fmt: str, path: str | Path, dataset: str, *, exp: int = 0, zca: b
         raise ArtifactError(f"{str(p)!r}: after de-standardising with {dataset}'s mean/std the pixels span "
                             f"[{lo:.2f}, {hi:.2f}], not [0, 1]; {hint}. Refused: taken as they are they would "
                             f"train networks to chance")
-    clipped = float(((x < 0) | (x > 1)).float().mean())
+    overflow = float(((x < 0) | (x > 1)).float().mean())
     digests = [folder_digest] if fmt == "imagefolder" else [_sha256(s) for s in sources]
     info = {"format": fmt, "source": [str(s) for s in sources], "sha256": digests,
-            "exp": exp if fmt == "dc" else None, "zca_inverted": bool(zca), "clipped_fraction": round(clipped, 6)}
+            "exp": exp if fmt == "dc" else None, "zca_inverted": bool(zca), "pixel_overflow": round(overflow, 6)}
     counts = torch.bincount(labels if kind == "hard" else labels.argmax(1), minlength=k)
-    return DistilledSet(images=x.clamp(0, 1), labels=labels, label_kind=kind, method=method or "imported",
+    return DistilledSet(images=x, labels=labels, label_kind=kind, method=method or "imported",
                         dataset=train.name, mean=train.mean, std=train.std, class_names=list(train.class_names),
                         ipc=max(1, int(counts.max())), seed=0, config={}, extra={"import": info}, lr=lr)
 

@@ -47,8 +47,14 @@ class TrainConfig(BaseModel):
         schedule: learning rate per epoch e of E: ``step`` (× 0.1 from epoch
             ⌈``decay_at``·E⌉ on, ``torch.optim.lr_scheduler.MultiStepLR``), ``cosine``
             (``CosineAnnealingLR`` to 0 over E epochs, stepped per epoch), ``half_cosine``
-            (lr · ½(1 + cos(π e / 2E)), the UniDD/RDED student schedule: ends at lr/2) or
-            ``constant`` (the optimiser's lr is left as it is).
+            (lr · ½(1 + cos(π e / 2E)), the UniDD/RDED student schedule: ends at lr/2),
+            ``warmup_cosine`` (per optimiser step s of S: linear from 0 to lr over
+            ``warmup_steps``, then cosine to ``final_lr``·lr at S; optax's
+            ``warmup_cosine_decay_schedule``, FRePo's evaluation) or ``constant`` (the
+            optimiser's lr is left as it is).
+        warmup_steps, final_lr: of ``warmup_cosine`` (steps ≥ 0; fraction of lr in [0, 1]).
+        shuffle: draw a new permutation each epoch (``False``: the stored order, as FRePo's
+            evaluation batches).
         loss: ``ce`` (cross-entropy against class indices or probability rows), ``mse``
             (``F.mse_loss``, mean over N·K entries), ``sq`` (½ Σ_k (f − y)², mean over the
             batch: FRePo's ``mean_squared_loss``) or ``kd`` (KL(softmax(t/T) ‖ softmax(s/T)),
@@ -65,8 +71,11 @@ class TrainConfig(BaseModel):
     momentum: NonNegativeFloat = 0.9
     weight_decay: NonNegativeFloat = 5e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Literal["step", "cosine", "half_cosine", "constant"] = "step"
+    schedule: Literal["step", "cosine", "half_cosine", "warmup_cosine", "constant"] = "step"
     decay_at: float = Field(0.5, ge=0, le=1)
+    warmup_steps: NonNegativeInt = 0
+    final_lr: float = Field(0.0, ge=0, le=1)
+    shuffle: bool = True
     loss: Literal["ce", "mse", "sq", "kd"] = "ce"
     temperature: PositiveFloat = 20.0
 
@@ -80,8 +89,18 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
 
-def _scheduler(opt: torch.optim.Optimizer, config: TrainConfig):
+def _scheduler(opt: torch.optim.Optimizer, config: TrainConfig, total_steps: int = 0):
     e = config.epochs
+    if config.schedule == "warmup_cosine":  # stepped per optimiser step (see train_model)
+        w, total, end = config.warmup_steps, max(1, total_steps), config.final_lr
+
+        def factor(s: int) -> float:
+            if s < w:
+                return s / w
+            t = min(1.0, (s - w) / max(1, total - w))
+            return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
     if config.schedule == "step":
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[math.ceil(e * config.decay_at)], gamma=0.1)
     if config.schedule == "cosine":
@@ -174,13 +193,16 @@ def train_model(
             raise ConfigError(f"sample_weights must be {n} non-negative numbers, not all zero")
         sample_weights = sample_weights.to(images.device)
     sched = None
+    per_step = config.schedule == "warmup_cosine"
     if optimizer is None:
         optimizer = make_optimizer(model.parameters(), config)
-        sched = _scheduler(optimizer, config)
+        planned = config.epochs * math.ceil(n / config.batch_size)
+        sched = _scheduler(optimizer, config, planned if max_steps is None else min(planned, max_steps))
     model.train()
     steps = 0
     for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=generator).to(images.device)
+        order = torch.randperm(n, generator=generator).to(images.device) if config.shuffle \
+            else torch.arange(n, device=images.device)
         total = 0.0
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
@@ -196,11 +218,13 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if per_step and sched is not None:
+                sched.step()
             total += float(loss.detach()) * idx.numel()
             steps += 1
             if max_steps is not None and steps >= max_steps:
                 return model
-        if sched is not None:
+        if sched is not None and not per_step:
             sched.step()
         if on_epoch is not None:
             on_epoch(epoch, total / n)

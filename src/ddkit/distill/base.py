@@ -570,8 +570,10 @@ class Distiller(ABC):
                      "init_seconds": round(ctx.init_seconds, 2), "final_loss": loss_val, "device": str(ctx.device)}
         extra.update(parts.extra)
         images = parts.images if parts.pixel else real.denormalize(parts.images.detach())
+        images = images.detach().cpu()  # unclamped, as the authors' code evaluates it
+        extra["pixel_overflow"] = round(float(((images < 0) | (images > 1)).float().mean()), 6)
         return DistilledSet(
-            images=images.detach().cpu().clamp(0, 1), labels=parts.labels.detach().cpu(), method=self.name,
+            images=images, labels=parts.labels.detach().cpu(), method=self.name,
             dataset=real.name, mean=real.mean, std=real.std, class_names=list(real.class_names), ipc=ipc,
             seed=ctx.seed, config=ctx.config.model_dump(), extra=extra, lr=parts.lr, teacher=parts.teacher,
             teacher_info=parts.teacher_info, label_kind=parts.label_kind, tensors=parts.tensors,

@@ -9,8 +9,9 @@ initialisation.
 
 Batched form: all classes' real images go through ψ in one forward pass and all synthetic
 images in another; per-class means come from a reshape. With per-sample normalisation
-(instance norm, the default ConvNet) this is exactly the per-class loss (tested); with
-batch norm it is not, so models containing batch norm fall back to per-class passes.
+(instance norm, the default ConvNet) this is exactly the reference code's per-class loss
+(tested); with batch norm it is what the reference code itself does (``main_DM.py``
+concatenates the classes for ``ConvNetBN``: statistics over the whole batch).
 Classes smaller than ``batch_real`` are sampled with replacement. The real
 branch runs without autograd (its embedding is a constant of the loss).
 
@@ -68,8 +69,8 @@ def dm_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
 def dm_loss_per_class(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
                       dsa: DSA | None = None, generator: torch.Generator | None = None,
                       weights: torch.Tensor | None = None) -> torch.Tensor:
-    """The same loss computed class by class, as the reference code does (for tests and
-    for batch-norm feature maps, whose statistics depend on the batch)."""
+    """The same loss computed class by class, as the reference code does for models
+    without batch norm (a test oracle for :func:`dm_loss`)."""
     k = num_classes
     b, s = real.shape[0] // k, syn.shape[0] // k
     draw = dsa.draw(k, generator) if dsa is not None else None

@@ -75,9 +75,11 @@ def compiled_embedding() -> Callable[[torch.nn.Module, torch.Tensor], torch.Tens
 class EmbeddingMatchingDistiller(Distiller):
     """Base of DM and ``spectral``: a subclass supplies :meth:`matching_loss`.
 
-    Models containing batch norm are embedded class by class (``per_class=True``), since
-    their features depend on the batch; classes smaller than ``batch_real`` are sampled
-    with replacement.
+    All classes' real images go through ψ in one pass, and all synthetic images in another:
+    with batch norm (train mode, batch statistics) this is what DM's reference code does
+    (``main_DM.py`` embeds the concatenated classes for ``ConvNetBN``), and with per-sample
+    normalisation it equals the reference's class-by-class passes exactly. Classes smaller
+    than ``batch_real`` are sampled with replacement.
     """
 
     Config = EmbeddingMatchingConfig
@@ -97,8 +99,7 @@ class EmbeddingMatchingDistiller(Distiller):
         syn = initial_synthetic(real_x, by_class, ctx.ipc, cfg.init, iteration_generator(ctx.seed, -1))
         syn.requires_grad_(True)
         opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        probe = ctx.new_model(cfg.model)
-        per_class = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in probe.modules())
+        per_class = False  # one pass over all classes (see the class docstring)
         return LoopState(tensors={"syn": syn}, optimizers={"img": opt},
                          aux={"dsa": dsa, "compiled": compiled, "per_class": per_class, "by_class": by_class})
 

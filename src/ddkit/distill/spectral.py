@@ -28,9 +28,8 @@ CIFAR), ``alpha`` (1e-3) and ``p`` (1) are in the units of the mean-normalised F
 eigenvalues, which grow with the feature dimension (ConvNet-3 on 32×32: d = 2048); the
 polynomial filter needs ``alpha·λ_max < 1``.
 
-Feature maps containing batch norm embed class by class, as DM's
-reference code does, since their statistics depend on the batch; the FFC/FLC are then
-computed over the concatenated features.
+All classes are embedded in one pass (for batch-norm feature maps: statistics over the
+whole batch, as DM's reference code does for ``ConvNetBN``).
 """
 
 from __future__ import annotations

@@ -1,17 +1,16 @@
 """Evaluate a distilled set: train fresh networks on it, test on the real test set.
 
-The DC/DSA/DM protocol (Zhao et al. 2021; Zhao & Bilen 2021, 2023): ``runs`` networks
-(default 5) of the chosen architecture, each trained from scratch on the distilled set
-with the shared training loop (SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
-lr × 0.1 at half), for 1000 epochs with DSA augmentation (300 without); report mean ± std
-of the test accuracy, and per class. A distilled set with a learned learning rate (MTT) is
-trained with that rate. The loss follows the set's ``label_kind`` (written by the method):
-cross-entropy for ``hard`` and ``probabilities``, MSE for ``regression`` targets (KIP/FRePo
-learned labels), as those papers evaluate them.
-
-``protocol="soft"`` selects the soft-label protocol of RDED/CFM instead (students learn a
-teacher's online logits on CutMix batches; :mod:`ddkit.evaluate.soft`); ``"auto"`` (the
-default) uses it exactly when the set ships a teacher (CFM) or a teacher is passed.
+``runs`` networks (default 5), each trained from scratch on the distilled set with the
+shared training loop under network i's seed ``seed + i``; reported: mean ± std of the
+test accuracy, and per class. *How* they are trained is the protocol
+(:mod:`ddkit.evaluate.recipes`): by default (``protocol="auto"``) the one of the paper
+whose method made the set — ``dc`` (DC: 300 epochs, no augmentation), ``frepo`` (FRePo:
+Adam, warm-up + cosine, no-norm conv net), ``kip`` (RFAD's centred finite network),
+``soft`` (RDED/CFM: a teacher's online soft labels, :mod:`ddkit.evaluate.soft`; whenever
+the set ships a teacher) — and ``dsa`` for every other set (DSA/DM/MTT: ConvNet-3, SGD lr
+0.01 or the set's learned lr, momentum 0.9, weight decay 5e-4, batch 256, lr × 0.1 at
+half, 1000 epochs with DSA). Any protocol can be asked for by name to compare sets on
+common terms; ``hard`` is ``dsa``. The result records the protocol's name and settings.
 
 :func:`train_networks` returns the trained networks (for audits); :func:`evaluate` is
 built on it.
@@ -32,12 +31,11 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator
 
 from ddkit.artifact import DistilledSet
-from ddkit.augment import DSA
 from ddkit.data import ImageDataset, load_dataset
 from ddkit.errors import ConfigError
-from ddkit.evaluate import soft
+from ddkit.evaluate import recipes, soft
 from ddkit.models import get_model
-from ddkit.train import TrainConfig, confusion, train_model
+from ddkit.train import confusion, train_model
 from ddkit.utils import atomic_path, resolve_device
 
 __all__ = ["EvalConfig", "EvalResult", "TrainedNetworks", "evaluate", "train_networks"]
@@ -48,7 +46,7 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = "convnet"
+    model: str | None = None
     runs: PositiveInt = 5
     epochs: PositiveInt | None = None
     augment: bool = True
@@ -60,8 +58,8 @@ class EvalConfig(BaseModel):
     @classmethod
     def _known_protocol(cls, v: str) -> str:
         key = str(v).strip().lower()
-        if key not in soft.PROTOCOLS:
-            raise ValueError(f"unknown evaluation protocol {v!r}; use hard, soft or auto")
+        if key not in recipes.PROTOCOLS:
+            raise ValueError(f"unknown evaluation protocol {v!r}; use one of {', '.join(recipes.PROTOCOLS)}")
         return key
 
 
@@ -151,7 +149,7 @@ def _config(**kwargs) -> EvalConfig:
 def train_networks(
     distilled: DistilledSet | str | Path,
     *,
-    model: str = "convnet",
+    model: str | None = None,
     runs: int = 5,
     epochs: int | None = None,
     augment: bool = True,
@@ -182,7 +180,7 @@ def train_networks(
     ds = distilled if isinstance(distilled, DistilledSet) else DistilledSet.load(distilled)
     cfg = _config(model=model, runs=runs, epochs=epochs, augment=augment, seed=seed, batch_size=batch_size,
                   protocol=protocol)
-    chosen = soft.resolve_protocol(cfg.protocol, ds.has_teacher, teacher is not None)
+    chosen = resolve(cfg.protocol, ds, teacher is not None)
     dev = resolve_device(device)
     c, size = ds.images.shape[1], ds.images.shape[-1]
     mean = torch.tensor(ds.mean, device=dev).view(-1, 1, 1)
@@ -191,6 +189,8 @@ def train_networks(
     def normalize(b: torch.Tensor) -> torch.Tensor:
         return (b - mean) / std
 
+    recipe = None
+    arch = cfg.model or "convnet"
     if chosen == "soft":
         t, source = soft.resolve_teacher(ds, teacher, dev)
         n = ds.images.shape[0]
@@ -200,30 +200,27 @@ def train_networks(
         x, y = ds.images.to(dev), ds.hard_labels().to(dev)
         parts: dict[str, Any] = {"augment": soft.SoftAugment(size, scfg, mean, std),
                                  "targets_fn": soft.teacher_targets(t.model)}
-        desc = soft.describe(scfg, f"{t.describe()}; {source}", cfg.model)
+        desc = soft.describe(scfg, f"{t.describe()}; {source}", arch)
         settings = soft.settings(scfg, t, source)
     else:
-        epochs_ = cfg.epochs or (1000 if cfg.augment else 300)
-        lr = float(ds.lr) if ds.lr is not None else TrainConfig().lr
-        loss = "mse" if ds.label_kind == "regression" else "ce"
-        tcfg = TrainConfig(epochs=epochs_, lr=lr, batch_size=cfg.batch_size or 256, loss=loss)
+        recipe = recipes.make_recipe(chosen, ds, epochs=cfg.epochs, augment=cfg.augment, batch_size=cfg.batch_size,
+                                     model=cfg.model)
+        arch, tcfg, desc, settings = recipe.model, recipe.train, recipe.desc, recipe.settings
         x, y = ds.normalized_images().to(dev), ds.labels.to(dev)
-        parts = {"augment": DSA(image_size=size) if cfg.augment else None}
-        aug = "DSA" if cfg.augment else "no"
-        desc = (f"hard-label CE, SGD lr {lr:g} mom 0.9 wd 5e-4, {epochs_} ep, {aug} augmentation"
-                if ds.label_kind == "hard" else
-                f"soft-label {'MSE (regression targets)' if loss == 'mse' else 'CE'} (stored labels), SGD lr {lr:g}, "
-                f"{epochs_} ep, {aug} augmentation")
-        settings = {"name": "hard", "loss": loss, "label_kind": ds.label_kind, "optimizer": "SGD", "lr": lr,
-                    "momentum": tcfg.momentum, "weight_decay": tcfg.weight_decay, "batch_size": tcfg.batch_size,
-                    "epochs": epochs_, "augmentation": "DSA" if cfg.augment else "none"}
+        parts = {}
+    validation = None
+    if recipe is not None and recipe.needs_validation:
+        real = train if train is not None else load_dataset(ds.dataset, "train", data_root=data_root,
+                                                            download=download)
+        sub = real.per_class_subset(500, seed=cfg.seed)
+        validation = (normalize(sub.float_images(torch.arange(len(sub))).to(dev)), sub.labels.to(dev))
     wrap = None
     if elf is not None and elf is not False:
         from ddkit.evaluate import elf as elf_mod
 
         ecfg = elf if isinstance(elf, elf_mod.ELFConfig) else elf_mod.ELFConfig()
-        if chosen == "soft" or ds.label_kind != "hard":
-            raise ConfigError("ELF evaluates hard-label sets with the hard-label protocol; this set has "
+        if chosen not in ("dsa", "dc") or ds.label_kind != "hard":
+            raise ConfigError("ELF evaluates hard-label sets with the dsa or dc protocol; this set has "
                               f"{ds.label_kind} labels / the {chosen} protocol")
         real = train if train is not None else load_dataset(ds.dataset, "train", data_root=data_root,
                                                             download=download)
@@ -244,20 +241,43 @@ def train_networks(
     for i in (range(cfg.runs) if run_indices is None else run_indices):
         g = torch.Generator().manual_seed(cfg.seed + i)
         torch.manual_seed(cfg.seed + i)
-        net = get_model(cfg.model, c, ds.num_classes, size).to(dev)
+        net = get_model(arch, c, ds.num_classes, size).to(dev)
         if wrap is not None:
             net = wrap(net)
-        train_model(net, x, y, tcfg, generator=g, **parts)
+        if recipe is not None:
+            net = recipe.fit(net, x, y, g, validation, **parts)
+        else:
+            train_model(net, x, y, tcfg, generator=g, **parts)
         nets.append(net)
         if on_network is not None:
             on_network(i, net)
+    settings = {**settings, "model": arch}
     return TrainedNetworks(nets, normalize, desc, settings, tcfg.epochs, round(time.perf_counter() - t0, 2))
+
+
+def resolve(protocol: str, ds: DistilledSet, teacher_given: bool) -> str:
+    """The protocol name ``protocol`` means for ``ds``: ``auto`` → the set's paper's
+    (:func:`ddkit.evaluate.recipes.default_protocol`, ``soft`` when a teacher is given),
+    ``hard`` → ``dsa``.
+
+    Raises:
+        ConfigError: ``soft`` without any teacher; a teacher given with a hard protocol.
+    """
+    p = str(protocol).strip().lower()
+    if p == "auto":
+        return "soft" if teacher_given else recipes.default_protocol(ds.method, ds.has_teacher)
+    if p in ("soft", "hard"):
+        p2 = soft.resolve_protocol(p, ds.has_teacher, teacher_given)
+        return "dsa" if p2 == "hard" else p2
+    if teacher_given:
+        raise ConfigError("a teacher only applies to the soft-label protocol; use --protocol soft or auto")
+    return p
 
 
 def evaluate(
     distilled: DistilledSet | str | Path,
     *,
-    model: str = "convnet",
+    model: str | None = None,
     runs: int = 5,
     epochs: int | None = None,
     augment: bool = True,
@@ -277,18 +297,21 @@ def evaluate(
 
     Args:
         distilled: a :class:`DistilledSet` or the path of one.
-        model: zoo name of the evaluation network (default ConvNet-3).
-        runs: number of networks (≥ 1). epochs: training epochs (≥ 1; default 1000 with
-            DSA augmentation, 300 without, as in DC/DSA/DM; soft: 1000).
-        augment: DSA augmentation during training (soft: its crop, flip and CutMix).
+        model: zoo name of the evaluation network (default: the protocol's — ConvNet-3;
+            ``frepo-convnn`` for ``frepo``; ``rfad-convnet``, width 1024, for ``kip``).
+        runs: number of networks (≥ 1). epochs: training epochs (≥ 1; default the
+            protocol's: ``dsa`` 1000, ``dc`` 300 (MNIST 1000), ``soft`` 1000; for ``frepo``
+            and ``kip`` the number of optimiser steps: FRePo's table, RFAD's 20 000 cap).
+        augment: the protocol's augmentation (``dsa``: DSA; ``dc``: MNIST's crop/scale/
+            rotate; ``frepo``: FRePo's op list; ``soft``: crop, flip, CutMix); ``False``: none.
         device: ``auto``, ``cpu`` or ``cuda``. seed: seeds network i with ``seed + i``.
         test: the real test split (default: loaded from the registry by the set's dataset).
-        batch_size: training batch (default 256 hard; soft: by IPC, see
-            :func:`ddkit.evaluate.soft.default_batch_size`).
+        batch_size: training batch (default the protocol's: 256 ``dsa``/``dc``, min(N, 500)
+            ``frepo``, 513 ``kip``; soft: by IPC, see :func:`ddkit.evaluate.soft.default_batch_size`).
         progress: print one line per finished run.
-        protocol: ``hard`` (the DC/DSA/DM protocol above), ``soft`` (RDED/CFM soft-label
-            protocol: needs a teacher) or ``auto`` (soft when the set ships a teacher or
-            one is given).
+        protocol: ``auto`` (the protocol of the paper whose method made the set; ``soft``
+            when the set ships a teacher or one is given), ``dsa`` (= ``hard``), ``dc``,
+            ``frepo``, ``kip`` or ``soft`` (needs a teacher); :mod:`ddkit.evaluate.recipes`.
         teacher: for ``soft``/``auto``: a teacher file, a distilled set that ships one, or a
             :class:`~ddkit.teacher.Teacher`; default the set's own.
         download: let torchvision download the test split when no copy is found (off: a
@@ -339,7 +362,8 @@ def evaluate(
     pc = torch.tensor([row for _, _, row in results], dtype=torch.float64)
     dev = str(next(trained.networks[0].parameters()).device) if trained.networks else str(device)
     return EvalResult(
-        dataset=ds.dataset, method=ds.method, ipc=ds.ipc, model=model, runs=runs, epochs=trained.epochs,
+        dataset=ds.dataset, method=ds.method, ipc=ds.ipc, model=trained.settings["model"], runs=runs,
+        epochs=trained.epochs,
         augment=augment, protocol=trained.protocol, accuracies=accs, mean=statistics.fmean(accs),
         std=statistics.pstdev(accs), seconds=trained.seconds, device=dev,
         distilled={"seed": ds.seed, "created": ds.created, "extra": ds.extra, "version": ds.version,

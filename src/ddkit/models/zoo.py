@@ -20,6 +20,9 @@ Architectures (Zhao et al., DC, ICLR 2021, appendix and reference code):
 * ``frepo-conv`` / ``frepo-convnn``: FRePo's ``conv`` (Zhou et al., NeurIPS 2022, authors'
   JAX code) with batch norm / without normalisation (FRePo's distillation and evaluation
   networks; options ``width``, ``depth``, ``norm``).
+* ``rfad-convnet`` / ``rfad-convnet-w128``: RFAD's finite evaluation network (no norm,
+  Gaussian init; width 1024 / 128). Deviation: for 1-channel 28×28 input the first conv
+  pads by 3 like ``convnet`` (RFAD's code pads by 1: features 1024×3×3 instead of 4×4).
 """
 
 from __future__ import annotations
@@ -313,6 +316,19 @@ class FRePoConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
+def rfad_convnet(channels: int, num_classes: int, image_size: int, width: int = 1024, depth: int = 3) -> ConvNet:
+    """RFAD's finite evaluation network (Loo et al. 2022, github yolky/RFAD ``models.py``):
+    the ConvNet without normalisation, ``width`` 1024, average pooling, every weight drawn
+    from N(0, 2/fan_in) and every bias from N(0, 0.1²) (``Conv2d_gaussian``, ``GaussianLinear``)."""
+    net = ConvNet(channels, num_classes, image_size, width=width, depth=depth, norm="none")
+    for mod in net.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(mod.weight, 0.0, math.sqrt(2.0 / mod.weight[0].numel()))
+            if mod.bias is not None:
+                nn.init.normal_(mod.bias, 0.0, 0.1)
+    return net
+
+
 def _convnet_variant(**fixed):
     return lambda c, k, s, **kw: ConvNet(c, k, s, **{**fixed, **kw})
 
@@ -340,6 +356,8 @@ MODELS = {
     "resnet18-bn": lambda c, k, s, **kw: ResNet18(c, k, s, norm="batch", **kw),
     "frepo-conv": lambda c, k, s, **kw: FRePoConvNet(c, k, s, **kw),
     "frepo-convnn": lambda c, k, s, **kw: FRePoConvNet(c, k, s, **{"norm": "none", **kw}),
+    "rfad-convnet": lambda c, k, s, **kw: rfad_convnet(c, k, s, **kw),
+    "rfad-convnet-w128": lambda c, k, s, **kw: rfad_convnet(c, k, s, **{"width": 128, **kw}),
 }
 
 
