@@ -28,7 +28,7 @@ SETTINGS = {
     "spectral": {"batch_real": 16, "filter": "inverse", **W32},
     "dc": {"batch_real": 8, "outer_loop": 2, "inner_loop": 1, **W32},
     "dsa": {"batch_real": 8, "outer_loop": 2, "inner_loop": 1, **W32},
-    "kip": {"batch_real": 40, "num_models": 1, **W32},
+    "kip": {"batch_real": 40, "real_batches": 1, "num_models": 1, "width": 32},
     "frepo": {"width": 8, "depth": 2, "batch_real": 64, "num_models": 2, "max_online_updates": 1},
     "mtt": {"syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1},  # + the buffer fixture
     "cfm": {"stats_images": 100},  # + the teacher fixture

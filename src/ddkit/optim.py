@@ -4,13 +4,19 @@
 maintained PyTorch packages differ from it in ways that change results (``torch_optimizer``'s
 ``Lamb`` clips the weight norm at 10 and by default skips the bias correction), so ddkit
 keeps this short implementation of optax's semantics.
+
+:class:`AdaBelief` is RFAD's optimiser (Loo et al., NeurIPS 2022, yolky/RFAD
+``distillation.py``: ``torch_optimizer.AdaBelief`` with ``eps=1e-16``); ddkit does not
+depend on ``torch_optimizer``, so the update that package performs is written out here.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["Lamb"]
+__all__ = ["AdaBelief", "Lamb"]
 
 
 class Lamb(torch.optim.Optimizer):
@@ -49,3 +55,46 @@ class Lamb(torch.optim.Optimizer):
         return None
 
 
+
+
+class AdaBelief(torch.optim.Optimizer):
+    """AdaBelief (Zhuang et al., NeurIPS 2020) as ``torch_optimizer.AdaBelief`` runs it with its
+    defaults otherwise (no weight decay, no AMSGrad, no rectification).
+
+    Per tensor ``p`` with gradient ``g``: ``m ← β1·m + (1−β1)·g``; ``s ← β2·s + (1−β2)·(g − m)² + ε``
+    (the ε is added to the stored ``s``, as that package does); then
+    ``p ← p − lr/(1−β1^t) · m / (√s / √(1−β2^t) + ε)``. Unlike Adam the second moment tracks the
+    variance of the gradient around its running mean. State per tensor: ``step`` (float32
+    scalar tensor), ``exp_avg`` (m), ``exp_avg_var`` (s). Param groups may set their own ``lr``.
+
+    Raises:
+        ValueError: ``lr`` ≤ 0, ``eps`` < 0 or a β outside [0, 1).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-16):
+        if not lr > 0 or eps < 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"AdaBelief needs lr > 0, eps >= 0 and betas in [0, 1), got {lr}, {eps}, {betas}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            eps = group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = torch.tensor(0.0)
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_var"] = torch.zeros_like(p)
+                st["step"] += 1
+                k = float(st["step"])
+                m, s = st["exp_avg"], st["exp_avg_var"]
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                resid = p.grad - m
+                s.mul_(b2).addcmul_(resid, resid, value=1 - b2).add_(eps)
+                denom = (s.sqrt() / math.sqrt(1 - b2 ** k)).add_(eps)
+                p.addcdiv_(m, denom, value=-group["lr"] / (1 - b1 ** k))
+        return None
