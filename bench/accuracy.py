@@ -95,7 +95,13 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
     return {"platform": platform.platform(), "cpu": cpu, "cores": torch.get_num_threads(),
+            "bf16_units": bf16 or "none", "avx512": "avx512f" in flags,
             "python": platform.python_version(), "torch": torch.__version__, "ddkit": ddkit.__version__}
 
 

@@ -20,6 +20,11 @@ and the individual timings, and the ratio is of medians measured side by side.
 
 Run: ``.venv/bin/python bench/speed.py`` (``--help`` for methods/repeats/threads).
 Writes ``bench/results/speed.json`` and ``bench/results/speed.md``.
+
+``--reference DIR`` (a checkout of VICO-UoE/DatasetCondensation the user provides) instead
+times the authors' own scripts against ddkit, alternating, for DM, DC and DSA iterations
+and the evaluation trainer (``bench/reference.py``); writes
+``bench/results/speed_reference.{json,md}``.
 """
 
 from __future__ import annotations
@@ -186,7 +191,29 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"))
     ap.add_argument("--render", action="store_true", help="only rewrite speed.md from speed.json")
     ap.add_argument("--note", default="", help="a sentence about the run's conditions, printed in speed.md")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="checkout of VICO-UoE/DatasetCondensation: time its scripts against ddkit")
+    ap.add_argument("--reference-methods", default="dm,dsa,dc")
+    ap.add_argument("--iterations", type=int, default=40, help="--reference: iterations per run (≥ 20)")
+    ap.add_argument("--eval-epochs", type=int, default=200, help="--reference: epochs of the evaluation trainer")
+    ap.add_argument("--dc-ipc", type=int, default=1, help="--reference: IPC of the DC/DSA runs (IPC 10 costs "
+                    "minutes per iteration on 2 cores)")
     args = ap.parse_args()
+    if args.reference is not None:
+        import reference
+
+        threads = args.threads if args.threads != 1 else torch.get_num_threads()
+        started = time.time()
+        rows = reference.compare(args.reference.resolve(), args.reference_methods.split(","), args.iterations,
+                                 args.eval_epochs, args.repeats, threads, args.dc_ipc)
+        host = machine()
+        info = {"machine": host, "threads": threads, "note": args.note, "wall_seconds": round(time.time() - started),
+                "rows": rows}
+        out = ROOT / "bench" / "results" / "speed_reference"
+        out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+        out.with_suffix(".md").write_text(reference.render(rows, host, threads, args.note))
+        print(out.with_suffix(".md").read_text())
+        return
     out = Path(args.out)
     if not args.note and out.with_suffix(".json").exists():  # keep the conditions written so far
         args.note = json.loads(out.with_suffix(".json").read_text()).get("note", "")

@@ -328,7 +328,7 @@ def test_soft_label_evaluation_of_the_cfm_set(cfm_set, small_test, fmnist):
     assert json.loads(r.to_json())["settings"]["name"] == "soft"
     hard = ddkit.evaluate(cfm_set, model="convnet-w32", runs=1, epochs=1, device="cpu", test=small_test,
                           protocol="hard")
-    assert hard.protocol.startswith("hard-label") and hard.settings["name"] == "hard"
+    assert hard.protocol.startswith("DSA protocol") and hard.settings["name"] == "dsa"
     with pytest.raises(ConfigError, match="only applies"):
         ddkit.evaluate(cfm_set, runs=1, epochs=1, device="cpu", test=small_test, protocol="hard", teacher="x")
     with pytest.raises(ConfigError, match="unknown evaluation protocol"):
