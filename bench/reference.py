@@ -9,7 +9,8 @@ same machine and threads, alternating round by round with ddkit's public API:
   script (``runpy``, nothing in the checkout changes) stamps every printed line with
   ``time.perf_counter()``, so seconds per iteration = (stamp of the line of iteration N −
   stamp of iteration 10) / (N − 10). ddkit: ``ddkit.distill(..., iterations=N)``, the
-  loop's own ``seconds_per_iteration``.
+  loop's own timer; DM with ``compile=True`` (what ``auto`` picks for runs of ≥ 200
+  iterations), its first, compiling iteration reported apart (``compile_seconds``).
 * the evaluation trainer: the reference evaluates its set at iteration 0
   (``evaluate_synset``: ``--num_eval 1``, ``--epoch_eval_train E``; DM's 100 images with
   DSA); timed from the line before its ``Evaluate_00`` line to that line (network build,
@@ -121,8 +122,14 @@ def run_reference(ref: Path, method: str, iterations: int, eval_epochs: int, ipc
 
 def run_ddkit(real, test, method: str, iterations: int, eval_epochs: int | None, ipc: int, seed: int) -> dict:
     """ddkit's seconds per iteration (the loop's own timer) and evaluation wall clock."""
-    ds = ddkit.distill(real, method, ipc, iterations=iterations, seed=seed, progress=False)
-    out = {"seconds_per_iteration": ds.extra["seconds_per_iteration"], "iterations_timed": iterations}
+    # DM as a real run executes it (compiled ψ, the default from 200 iterations on); its first,
+    # compiling iteration is reported apart, as the reference's first 10 are not timed either
+    config = {"compile": True} if method == "dm" else None
+    ds = ddkit.distill(real, method, ipc, iterations=iterations, seed=seed, progress=False, config=config)
+    warm = ds.extra.get("warmup_seconds") or 0.0
+    timed = iterations - (1 if warm else 0)
+    out = {"seconds_per_iteration": (ds.extra["seconds"] - warm) / timed, "iterations_timed": timed,
+           "compile_seconds": warm or None}
     if eval_epochs:
         t0 = time.perf_counter()
         ddkit.evaluate(ds, runs=1, epochs=eval_epochs, protocol="dsa", test=test, seed=seed)
@@ -132,9 +139,11 @@ def run_ddkit(real, test, method: str, iterations: int, eval_epochs: int | None,
 
 
 def compare(ref: Path, methods: list[str], iterations: int, eval_epochs: int, repeats: int, threads: int,
-            dc_ipc: int) -> list[dict]:
+            dc_ipc: int, on_row=None) -> list[dict]:
     """Alternate reference and ddkit runs ``repeats`` times per method; rows with medians and
-    the ratio ddkit ÷ reference (below 1: ddkit is faster)."""
+    the ratio ddkit ÷ reference (below 1: ddkit is faster). A reference script that fails
+    gives a row with its error instead (the other methods still run); ``on_row(rows)`` is
+    called after each method."""
     if not (ref / "main_DM.py").exists() or not (ref / "utils.py").exists():
         raise SystemExit(f"{ref} is not a checkout of VICO-UoE/DatasetCondensation (no main_DM.py/utils.py)")
     torch.set_num_threads(threads)
@@ -147,14 +156,26 @@ def compare(ref: Path, methods: list[str], iterations: int, eval_epochs: int, re
             ipc = 10 if method == "dm" else dc_ipc
             ev = eval_epochs if method == "dm" else None
             runs: dict[str, list[dict]] = {"reference": [], "ddkit": []}
+            failed = None
             for r in range(repeats):
                 work = Path(tmp) / f"{method}{r}"
                 work.mkdir()
-                runs["reference"].append(run_reference(ref, method, iterations, eval_epochs, ipc, data, work,
-                                                       threads))
+                try:
+                    runs["reference"].append(run_reference(ref, method, iterations, eval_epochs, ipc, data, work,
+                                                           threads))
+                except RuntimeError as exc:
+                    failed = str(exc).strip().splitlines()[-1][:300]
+                    break
                 runs["ddkit"].append(run_ddkit(real, test, method, iterations, ev, ipc, r))
                 print(f"{method} round {r + 1}: reference {runs['reference'][-1]}, ddkit {runs['ddkit'][-1]}",
                       flush=True)
+            if failed is not None:
+                rows.append({"method": method, "ipc": ipc, "iterations": iterations, "reference_error": failed,
+                             "load_average": os.getloadavg()})
+                print(f"{method}: the reference script failed: {failed}", flush=True)
+                if on_row is not None:
+                    on_row(rows)
+                continue
             med = {k: statistics.median(x["seconds_per_iteration"] for x in v) for k, v in runs.items()}
             row = {"method": method, "ipc": ipc, "iterations": iterations, "runs": runs,
                    "median_seconds_per_iteration": med, "ratio": med["ddkit"] / med["reference"],
@@ -165,6 +186,8 @@ def compare(ref: Path, methods: list[str], iterations: int, eval_epochs: int, re
                 row["eval_epochs"] = ev
                 row["eval_ratio"] = ev_med["ddkit"] / ev_med["reference"]
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
     return rows
 
 
@@ -175,6 +198,10 @@ def render(rows: list[dict], host: dict, threads: int, note: str) -> str:
              "| what | IPC | reference s | ddkit s | ddkit ÷ reference | rounds (ref / ddkit) | load avg (1, 5, 15 min) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "reference_error" in r:
+            lines.append(f"| {r['method'].upper()} iteration | {r['ipc']} | the authors' script fails on this torch: "
+                         f"`{r['reference_error']}` | | | | |")
+            continue
         m = r["median_seconds_per_iteration"]
         rounds = " ; ".join(f"{a['seconds_per_iteration']:.2f} / {b['seconds_per_iteration']:.2f}"
                             for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit"]))

@@ -204,14 +204,17 @@ def main() -> None:
 
         threads = args.threads if args.threads != 1 else torch.get_num_threads()
         started = time.time()
-        rows = reference.compare(args.reference.resolve(), args.reference_methods.split(","), args.iterations,
-                                 args.eval_epochs, args.repeats, threads, args.dc_ipc)
         host = machine()
-        info = {"machine": host, "threads": threads, "note": args.note, "wall_seconds": round(time.time() - started),
-                "rows": rows}
         out = ROOT / "bench" / "results" / "speed_reference"
-        out.with_suffix(".json").write_text(json.dumps(info, indent=2))
-        out.with_suffix(".md").write_text(reference.render(rows, host, threads, args.note))
+
+        def save(rows):
+            info = {"machine": host, "threads": threads, "note": args.note,
+                    "wall_seconds": round(time.time() - started), "rows": rows}
+            out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+            out.with_suffix(".md").write_text(reference.render(rows, host, threads, args.note))
+
+        reference.compare(args.reference.resolve(), args.reference_methods.split(","), args.iterations,
+                          args.eval_epochs, args.repeats, threads, args.dc_ipc, on_row=save)
         print(out.with_suffix(".md").read_text())
         return
     out = Path(args.out)

@@ -135,3 +135,21 @@ def test_named_extra_tensors_round_trip_and_unknown_versions_are_refused(tmp_pat
               metadata={"ddkit": meta, "sha256": io.tensor_digest(tensors, meta)})
     with pytest.raises(ArtifactError, match="unknown header fields"):
         DistilledSet.load(tmp_path / "odd.safetensors")
+
+
+def test_images_outside_the_pixel_range_are_kept_as_optimised(tmp_path):
+    """The reference code never clamps a distilled set; neither does the file: values outside
+    [0, 1] round-trip exactly, ``clipped()`` is the [0, 1] copy, NaN is still refused."""
+    ds = _set()
+    ds.images[0, 0, 0, :3] = torch.tensor([-0.7, 1.8, 0.5])
+    ds.save(tmp_path / "s.safetensors")
+    back = DistilledSet.load(tmp_path / "s.safetensors")
+    assert torch.equal(back.images, ds.images) and back.images.min() == pytest.approx(-0.7)
+    assert back.pixel_overflow() == pytest.approx(2 / ds.images.numel())
+    clip = back.clipped()
+    assert clip.images.min() >= 0 and clip.images.max() <= 1 and clip.extra["clipped"] is True
+    assert torch.equal(back.images[0, 0, 0, :3], torch.tensor([-0.7, 1.8, 0.5]))  # the original is untouched
+    bad = ds.images.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ArtifactError, match="NaN"):
+        DistilledSet(**{**ds.__dict__, "images": bad})

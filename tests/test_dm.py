@@ -76,6 +76,33 @@ def test_compiled_embedding_gives_the_eager_run(digits):
     assert comp.config["compile"] is True
 
 
+def test_compile_auto_decides_by_budget_and_compiler_and_says_why(digits, monkeypatch):
+    from ddkit.distill import feature_matching as fm
+
+    cpu = torch.device("cpu")
+    assert fm.decide_compile(True, 1, cpu) == (True, "set explicitly")
+    assert fm.decide_compile(False, 10**6, cpu)[0] is False
+    assert fm.decide_compile("auto", 199, cpu)[0] is False and "199" in fm.decide_compile("auto", 199, cpu)[1]
+    monkeypatch.setattr(fm.shutil, "which", lambda name: None)
+    used, why = fm.decide_compile("auto", 20_000, cpu)
+    assert not used and "no compiler" in why
+    real, _ = digits
+    ds = ddkit.distill(real, "dm", 1, iterations=2, config={"batch_real": 8, "model": "convnet-w32"}, device="cpu",
+                       progress=False)
+    assert ds.config["compile"] == "auto" and ds.extra["compiled"]["used"] is False
+    assert "iterations" in ds.extra["compiled"]["reason"]
+
+
+def test_channels_last_embedding_is_the_same_run(digits):
+    real, _ = digits
+    cfg = {"batch_real": 16, "model": "convnet-w32", "compile": False}
+    a = ddkit.distill(real, "dm", 2, iterations=3, config={**cfg, "channels_last": True}, seed=4, device="cpu",
+                      progress=False)
+    b = ddkit.distill(real, "dm", 2, iterations=3, config={**cfg, "channels_last": False}, seed=4, device="cpu",
+                      progress=False)
+    torch.testing.assert_close(a.images, b.images, rtol=0, atol=1e-4)
+
+
 def test_a_failed_compilation_is_a_config_error_not_a_silent_eager_run(digits, monkeypatch):
     import torch._inductor.config as inductor
 

@@ -1,0 +1,107 @@
+"""Matched-budget rows: a method at a budget these machines can run, evaluated with its own
+paper's protocol at the protocol's full length, beside a random real subset of the same size
+evaluated the same way.
+
+One invocation adds (or replaces) one row of ``bench/results/matched.{json,md}``:
+
+    .venv/bin/python bench/matched.py --method dm --iterations 500 --runs 2
+    .venv/bin/python bench/matched.py --method random --runs 2     # the baseline row alone
+
+Each row records the method's resolved config, the budget, the protocol (name and settings,
+from ``ddkit.evaluate``), the per-network accuracies, wall-clock times, CPU model, threads
+and the load average before and after. ``--reference-figure "TEXT"`` adds a figure measured
+with the authors' code at the same budget (a sentence: what, how, where).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import ddkit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import machine, short_cpu  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "matched"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--iterations", type=int, default=None)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="method settings")
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
+    ap.add_argument("--protocol", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--reference-figure", default="")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = {}
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        config[k] = json.loads(v) if v[:1] in "0123456789-[{tf" and v not in ("t", "f") else v
+    real = ddkit.load_dataset(args.dataset, "train")
+    test = ddkit.load_dataset(args.dataset, "test")
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    ds = ddkit.distill(real, args.method, args.ipc, iterations=args.iterations, config=config, seed=args.seed,
+                       progress=False)
+    t_distil = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res = ddkit.evaluate(ds, runs=args.runs, epochs=args.epochs, protocol=args.protocol, test=test, train=real,
+                         seed=args.seed)
+    t_eval = time.perf_counter() - t1
+    row = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "iterations": ds.extra.get("iterations"),
+           "config": ds.config, "protocol": res.protocol, "settings": res.settings, "model": res.model,
+           "runs": res.runs, "epochs": res.epochs, "accuracies": res.accuracies, "mean": res.mean, "std": res.std,
+           "distill_seconds": round(t_distil, 1), "eval_seconds": round(t_eval, 1),
+           "pixel_overflow": ds.extra.get("pixel_overflow"), "compiled": ds.extra.get("compiled"),
+           "load_average_before": load0, "load_average_after": os.getloadavg(), "machine": machine(),
+           "threads": torch.get_num_threads(), "reference_figure": args.reference_figure,
+           "date": time.strftime("%Y-%m-%d")}
+    js = OUT.with_suffix(".json")
+    rows = json.loads(js.read_text())["rows"] if js.exists() else []
+    key = (row["dataset"], row["method"], row["ipc"], row["iterations"], row["settings"]["name"])
+    rows = [r for r in rows if (r["dataset"], r["method"], r["ipc"], r["iterations"], r["settings"]["name"]) != key]
+    rows.append(row)
+    js.parent.mkdir(parents=True, exist_ok=True)
+    js.write_text(json.dumps({"rows": rows}, indent=2))
+    OUT.with_suffix(".md").write_text(render(rows))
+    print(f"{args.method} IPC {args.ipc}: {100 * res.mean:.2f} ± {100 * res.std:.2f} % "
+          f"({', '.join(f'{100 * a:.2f}' for a in res.accuracies)}); distil {t_distil:.0f} s, evaluate {t_eval:.0f} s")
+
+
+def render(rows: list[dict]) -> str:
+    lines = ["# Matched-budget rows: each method at a budget a 2-core CPU runs, its own paper's protocol", "",
+             "Written by `bench/matched.py` (one row per invocation; the command is in each row's settings). "
+             "Accuracy: mean ± population std over the evaluation networks, each scored after its last epoch "
+             "on the full test set.", "",
+             "| dataset | method | IPC | budget | protocol | networks × epochs | test accuracy % | per network | "
+             "distil / evaluate (s) | cpu, threads, load | authors' code, same budget |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"] != "random", r["method"])):
+        budget = "—" if r["iterations"] is None else f"{r['iterations']} it"
+        load = f"{r['load_average_before'][0]:.1f}→{r['load_average_after'][0]:.1f}"
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {budget} | {r['settings']['name']} "
+                     f"({r['model']}) | {r['runs']} × {r['epochs']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | "
+                     f"{', '.join(f'{100 * a:.2f}' for a in r['accuracies'])} | {r['distill_seconds']:.0f} / "
+                     f"{r['eval_seconds']:.0f} | {short_cpu(r['machine']['cpu'])}, {r['threads']}, {load} | "
+                     f"{r['reference_figure'] or '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
