@@ -195,7 +195,8 @@ def render(rows: list[dict], host: dict, threads: int, note: str) -> str:
     lines = ["# ddkit vs the authors' code (VICO-UoE/DatasetCondensation), side by side", "",
              f"CPU {host['cpu']}, torch {host['torch']}, {threads} thread(s) in both; rounds alternate reference and "
              "ddkit; medians over rounds. Ratio = ddkit ÷ reference time (below 1: ddkit is faster).", "",
-             "| what | IPC | reference s | ddkit s | ddkit ÷ reference | rounds (ref / ddkit) | load avg (1, 5, 15 min) |",
+             "| what | IPC | reference s | ddkit s | ddkit ÷ reference | rounds (ref / ddkit) "
+             "| load avg (1, 5, 15 min) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "reference_error" in r:
@@ -204,14 +205,14 @@ def render(rows: list[dict], host: dict, threads: int, note: str) -> str:
             continue
         m = r["median_seconds_per_iteration"]
         rounds = " ; ".join(f"{a['seconds_per_iteration']:.2f} / {b['seconds_per_iteration']:.2f}"
-                            for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit"]))
+                            for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit"], strict=True))
         load = ", ".join(f"{v:.2f}" for v in r["load_average"])
         lines.append(f"| {r['method'].upper()} iteration | {r['ipc']} | {m['reference']:.2f} | {m['ddkit']:.2f} | "
                      f"{r['ratio']:.2f}× | {rounds} | {load} |")
         if "eval_ratio" in r:
             e = r["median_eval_seconds"]
             rounds = " ; ".join(f"{a['eval_seconds']:.1f} / {b['eval_seconds']:.1f}"
-                                for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit"]))
+                                for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit"], strict=True))
             lines.append(f"| evaluation: 1 ConvNet-3, {r['eval_epochs']} epochs, 100 images, DSA, + test | 10 | "
                          f"{e['reference']:.1f} | {e['ddkit']:.1f} | {r['eval_ratio']:.2f}× | {rounds} | {load} |")
     lines += ["", note] if note else []

@@ -177,11 +177,13 @@ def test_fashion_mnist_api_and_evaluation(fmnist):
     real = train.per_class_subset(100, seed=0)
     out = ddkit.distill(real, "frepo", 2, iterations=3, config={**TINY, "batch_real": 128}, seed=0, device="cpu",
                         progress=False)
-    assert out.images.shape == (20, 1, 28, 28) and out.images.min() >= 0 and out.images.max() <= 1
+    assert out.images.shape == (20, 1, 28, 28) and bool(torch.isfinite(out.images).all())  # unclamped, as optimised
     assert out.labels.shape == (20, 10) and out.method == "frepo" and out.dataset == "fashion-mnist"
     assert out.extra["iterations"] == 3 and out.extra["iterations_run"] == 3 and out.extra["device"] == "cpu"
-    res = ddkit.evaluate(out, runs=1, epochs=30, augment=False, device="cpu", test=test.per_class_subset(30, seed=1))
-    assert "MSE" in res.protocol and len(res.accuracies) == 1
+    # FRePo's own protocol by default (300 of its steps here): Adam, warm-up + cosine, ½Σ_k loss on the labels
+    res = ddkit.evaluate(out, runs=1, epochs=300, augment=False, device="cpu", test=test.per_class_subset(30, seed=1))
+    assert res.settings["name"] == "frepo" and res.settings["loss"] == "sq" and res.model == "frepo-convnn"
+    assert res.settings["steps"] == 300 and len(res.accuracies) == 1
     assert res.mean > 0.3  # 2 images per class of Fashion-MNIST, 10 classes: well above chance
 
 

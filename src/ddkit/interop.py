@@ -19,7 +19,8 @@ de-standardising, the pixels must lie in [0, 1] within ``tolerance``: a set stil
 space or standardised with other statistics scores ~10 % if taken as it is (the most common
 complaint in these projects' issues), so it is refused with a message saying what to do.
 Values outside [0, 1] within the tolerance are kept as they are (ddkit stores distilled
-images unclamped, as the authors' code does); their fraction is recorded. The imported set records its source file(s)' SHA-256.
+images unclamped, as the authors' code does); their fraction is recorded. The imported
+set records its source file(s)' SHA-256.
 
 ZCA (``zca=True``, MTT's ``--zca``): MTT whitens with kornia's ``ZCAWhitening(eps=0.1)``
 fitted on the standardised training set; the transform is recomputed here the same way and

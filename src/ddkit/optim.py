@@ -19,6 +19,22 @@ import torch
 __all__ = ["AdaBelief", "Lamb"]
 
 
+def _moment_states(opt: torch.optim.Optimizer, group: dict, second: str):
+    """Yield ``(p, state, t)`` for each parameter of ``group`` that has a gradient: its state
+    (created on first use with ``step`` 0, ``exp_avg`` and ``second`` zeros) after advancing
+    ``step``, and the new step count ``t`` (float)."""
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        st = opt.state[p]
+        if not st:
+            st["step"] = torch.tensor(0.0)
+            st["exp_avg"] = torch.zeros_like(p)
+            st[second] = torch.zeros_like(p)
+        st["step"] += 1
+        yield p, st, float(st["step"])
+
+
 class Lamb(torch.optim.Optimizer):
     """LAMB with ``optax.lamb`` semantics (You et al., ICLR 2020), no weight decay.
 
@@ -35,16 +51,7 @@ class Lamb(torch.optim.Optimizer):
     def step(self, closure=None):
         for group in self.param_groups:
             b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = torch.tensor(0.0)
-                    st["exp_avg"] = torch.zeros_like(p)
-                    st["exp_avg_sq"] = torch.zeros_like(p)
-                st["step"] += 1
-                k = float(st["step"])
+            for p, st, k in _moment_states(self, group, "exp_avg_sq"):
                 st["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
                 st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
                 u = (st["exp_avg"] / (1 - b1 ** k)) / ((st["exp_avg_sq"] / (1 - b2 ** k)).sqrt() + group["eps"])
@@ -53,8 +60,6 @@ class Lamb(torch.optim.Optimizer):
                                     torch.ones_like(p_norm))
                 p.add_(u * ratio, alpha=-group["lr"])
         return None
-
-
 
 
 class AdaBelief(torch.optim.Optimizer):
@@ -81,16 +86,7 @@ class AdaBelief(torch.optim.Optimizer):
         for group in self.param_groups:
             b1, b2 = group["betas"]
             eps = group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = torch.tensor(0.0)
-                    st["exp_avg"] = torch.zeros_like(p)
-                    st["exp_avg_var"] = torch.zeros_like(p)
-                st["step"] += 1
-                k = float(st["step"])
+            for p, st, k in _moment_states(self, group, "exp_avg_var"):
                 m, s = st["exp_avg"], st["exp_avg_var"]
                 m.mul_(b1).add_(p.grad, alpha=1 - b1)
                 resid = p.grad - m

@@ -1,4 +1,5 @@
-"""The field's evaluation protocols for distilled sets: the methods' own hard-label protocols (DC, DSA/DM/MTT, FRePo, RFAD) and soft-label (RDED/CFM).
+"""The field's evaluation protocols for distilled sets: the methods' own hard-label protocols
+(DC, DSA/DM/MTT, FRePo, RFAD) and soft-label (RDED/CFM).
 
 Nothing here imports a distillation method: what evaluation needs from a set (its label
 kind, learned learning rate, shipped teacher) is in the set itself (:mod:`ddkit.artifact`,

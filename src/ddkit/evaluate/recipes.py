@@ -50,7 +50,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -105,7 +105,6 @@ class Recipe:
     max_steps: int | None = None
     fit_fn: Callable[..., nn.Module] | None = None
     needs_validation: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def fit(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
             validation: tuple[torch.Tensor, torch.Tensor] | None = None, **parts) -> nn.Module:
@@ -136,8 +135,7 @@ def make_recipe(name: str, ds, *, epochs: int | None = None, augment: bool = Tru
     ``augment=False`` drops its augmentation.
 
     Raises:
-        ConfigError: unknown protocol; learned labels under a protocol that needs class
-            indices is not such a case (all hard protocols accept N×K targets).
+        ConfigError: unknown protocol name.
     """
     key = "dsa" if name == "hard" else name
     size = ds.images.shape[-1]
@@ -223,7 +221,7 @@ def _rfad(ds, max_steps, batch_size, model) -> Recipe:
 
     def fit(net, x, y, generator, validation):
         return _rfad_fit(net, x, y, generator, validation, lr=lr, scale=scale, wd=wd, centring=centring,
-                         max_steps=iters, batch=b)
+                         max_steps=iters, batch=b, num_classes=len(ds.class_names))
 
     tcfg = TrainConfig(epochs=1, batch_size=b, lr=lr, weight_decay=0.0, schedule="constant", loss="mse")
     return Recipe("kip", net_name, tcfg, None, desc, settings, fit_fn=fit, needs_validation=True)
@@ -251,12 +249,12 @@ class Centred(nn.Module):
         return out
 
 
-def _rfad_fit(net, x, y, generator, validation, *, lr, scale, wd, centring, max_steps, batch) -> nn.Module:
+def _rfad_fit(net, x, y, generator, validation, *, lr, scale, wd, centring, max_steps, batch,
+              num_classes) -> nn.Module:
     if validation is None:
         raise ConfigError("the kip (RFAD) protocol selects on a validation sample of the real training set; "
                           "pass train= or let it load the training split")
-    k = int(y.max()) + 1 if y.dim() == 1 else y.shape[1]
-    target = torch.nn.functional.one_hot(y, k).float() if y.dim() == 1 else y.float()
+    target = torch.nn.functional.one_hot(y, num_classes).float() if y.dim() == 1 else y.float()
     model = Centred(net, centring)
     theta0 = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
@@ -265,7 +263,7 @@ def _rfad_fit(net, x, y, generator, validation, *, lr, scale, wd, centring, max_
         loss = ((m(xb) - scale * yb) ** 2).mean() / scale ** 2
         if wd > 0:
             loss = loss + wd * sum(((p - p0) ** 2).sum() if centring else (p ** 2).sum()
-                                   for p, p0 in zip(net.parameters(), theta0))
+                                   for p, p0 in zip(net.parameters(), theta0, strict=True))
         return loss
 
     vx, vy = validation
