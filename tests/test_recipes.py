@@ -99,3 +99,21 @@ def test_dc_protocol_is_300_epochs_without_augmentation_except_mnist(digits):
     assert r.train.epochs == 1000 and isinstance(r.augment, recipes.PerImageOps)
     x = torch.randn(16, 1, 8, 8)
     assert r.augment(x, generator=torch.Generator().manual_seed(0)).shape == x.shape
+
+
+def test_cross_architecture_baseline_gets_the_sets_protocol(digits, monkeypatch):
+    """The random subset beside a FRePo set is trained with the FRePo protocol too, not ``dsa``."""
+    from ddkit.evaluate import cross
+
+    real, test = digits
+    seen = []
+    real_evaluate = cross.evaluate
+
+    def spy(ds, **kw):
+        seen.append((ds.method, kw["protocol"]))
+        return real_evaluate(ds, **kw)
+
+    monkeypatch.setattr(cross, "evaluate", spy)
+    cross.evaluate_models(_set(real, "frepo", "regression"), ["convnet-w32"], runs=1, epochs=2, device="cpu",
+                          test=test, train=real)
+    assert seen == [("frepo", "frepo"), ("random", "frepo")]

@@ -25,7 +25,7 @@ import torch
 from ddkit.artifact import DistilledSet
 from ddkit.data import ImageDataset, load_dataset
 from ddkit.errors import ConfigError
-from ddkit.evaluate.protocol import EvalResult, evaluate
+from ddkit.evaluate.protocol import EvalResult, evaluate, resolve
 from ddkit.utils import atomic_path
 
 __all__ = ["BASELINES", "CrossArchResult", "evaluate_models", "random_subset"]
@@ -197,6 +197,9 @@ def evaluate_models(
         train = train if train is not None else load_dataset(ds.dataset, "train", data_root=data_root,
                                                              download=download)
         base_set = random_subset(ds, train, seed)
+    # the set's protocol, resolved once, so the random subset is trained the same way (``auto``
+    # would give the subset the ``dsa`` protocol of a "random" set, e.g. beside a FRePo set)
+    protocol = resolve(protocol, ds, False)
     t0 = time.perf_counter()
     result = CrossArchResult(ds.dataset, ds.method, ds.ipc, baseline, elf=bool(elf))
     kw = {"runs": runs, "epochs": epochs, "augment": augment, "device": device, "seed": seed, "test": test,
