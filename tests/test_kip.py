@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 import ddkit
-from ddkit.distill.kip import KIPConfig, RFADConvNet, kip_loss, kip_platt_loss, nngp_feature_kernel, ntk_kernel
-from ddkit.models import get_model
+from ddkit.distill.kip import KIPConfig, kip_loss, kip_platt_loss, nngp_feature_kernel, ntk_kernel
+from ddkit.models import RFADConvNet, get_model
 from ddkit.spectral import centred_one_hot
 from ddkit.tabular import kip_tabular, median_bandwidth, rbf_kernel, relu_nngp_kernel
 

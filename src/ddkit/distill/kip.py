@@ -77,7 +77,6 @@ labels. The same KRR core for tabular regression is :func:`ddkit.tabular.kip_tab
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -97,12 +96,13 @@ from ddkit.distill.base import (
     register,
     sample_per_class,
 )
-from ddkit.errors import ConfigError
+from ddkit.errors import ConfigError, ModelError
+from ddkit.models import RFADConvNet
 from ddkit.optim import AdaBelief
 from ddkit.spectral.loss import trace_ridge_krr
 from ddkit.spectral.stats import centred_one_hot
 
-__all__ = ["KIPConfig", "KIPDistiller", "RFADConvNet", "kip_loss", "kip_platt_loss", "nngp_feature_kernel",
+__all__ = ["KIPConfig", "KIPDistiller", "kip_loss", "kip_platt_loss", "nngp_feature_kernel",
            "ntk_kernel"]
 
 TARGET_CHUNK = 1280  # target images per forward pass (RFAD's batch; bounds memory only)
@@ -132,53 +132,6 @@ class KIPConfig(MethodConfig):
     b_var: NonNegativeFloat = 0.01  # NNGP readout bias variance
     init: Literal["real", "noise"] = "real"
     checkpoint_every: NonNegativeInt = 100
-
-
-class RFADConvNet(nn.Module):
-    """RFAD's random-feature ConvNet (``ConvNet_wide``, ``net_norm='none'``; yolky/RFAD
-    models.py:77-169).
-
-    ``depth`` × [Conv3×3(``width``, padding 1, bias) → ReLU → AvgPool2×2], flatten. Conv weights
-    ~ N(0, 2/fan_in), biases ~ N(0, 0.1²); the linear head (only the NTK kernel uses it) has the
-    same law.
-
-    Args:
-        channels: C. num_classes: K (head outputs). image_size: H = W.
-        width: conv channels (RFAD: 256). depth: blocks (3).
-        generator: CPU generator for the initial weights (``None``: torch's global RNG).
-
-    Input N×C×H×W float32; ``embed`` → N×D with D = width·⌊H/2^depth⌋²; ``forward`` → N×K.
-
-    Raises:
-        ConfigError: the image is too small for ``depth`` pools.
-    """
-
-    def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 256, depth: int = 3,
-                 generator: torch.Generator | None = None):
-        super().__init__()
-        size = image_size
-        layers: list[nn.Module] = []
-        c_in = channels
-        for _ in range(depth):
-            layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, 2)]
-            c_in, size = width, size // 2
-        if size < 1:
-            raise ConfigError(f"the RFAD ConvNet of depth {depth} is too deep for {image_size}×{image_size} images")
-        self.features = nn.Sequential(*layers)
-        self.feature_dim = width * size * size
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-        with torch.no_grad():
-            for mod in self.modules():
-                if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                    fan_in = mod.weight[0].numel()
-                    nn.init.normal_(mod.weight, 0.0, math.sqrt(2.0 / fan_in), generator=generator)
-                    nn.init.normal_(mod.bias, 0.0, 0.1, generator=generator)
-
-    def embed(self, x: Tensor) -> Tensor:
-        return torch.flatten(self.features(x), 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.embed(x))
 
 
 def kip_loss(k_ts: Tensor, k_ss: Tensor, y_s: Tensor, y_t: Tensor, reg: float) -> Tensor:
@@ -358,16 +311,15 @@ class KIPDistiller(Distiller):
 
     def check(self, ctx: RunContext) -> None:
         cfg = ctx.config
-        if cfg.model == "rfad":
-            RFADConvNet(ctx.channels, ctx.num_classes, ctx.image_size, 1, cfg.depth)  # size check only
-        else:
-            from ddkit.errors import ModelError
-            from ddkit.models import get_model
+        from ddkit.models import get_model
 
-            try:
+        try:
+            if cfg.model == "rfad":
+                RFADConvNet(ctx.channels, ctx.num_classes, ctx.image_size, 1, cfg.depth)  # size check only
+            else:
                 get_model(cfg.model, ctx.channels, ctx.num_classes, ctx.image_size)
-            except ModelError as exc:
-                raise ConfigError(f"setting 'model' of method 'kip': {exc}") from None
+        except ModelError as exc:
+            raise ConfigError(f"setting 'model' of method 'kip': {exc}") from None
 
     def _networks(self, ctx: RunContext, generator: torch.Generator) -> list[nn.Module]:
         cfg = ctx.config

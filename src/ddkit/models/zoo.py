@@ -20,9 +20,9 @@ Architectures (Zhao et al., DC, ICLR 2021, appendix and reference code):
 * ``frepo-conv`` / ``frepo-convnn``: FRePo's ``conv`` (Zhou et al., NeurIPS 2022, authors'
   JAX code) with batch norm / without normalisation (FRePo's distillation and evaluation
   networks; options ``width``, ``depth``, ``norm``).
-* ``rfad-convnet`` / ``rfad-convnet-w128``: RFAD's finite evaluation network (no norm,
-  Gaussian init; width 1024 / 128). Deviation: for 1-channel 28×28 input the first conv
-  pads by 3 like ``convnet`` (RFAD's code pads by 1: features 1024×3×3 instead of 4×4).
+* ``rfad-convnet`` / ``rfad-convnet-w128``: RFAD's ConvNet (no norm, Gaussian init, first
+  conv padded by 1 at any size) at width 1024 (its finite evaluation network) / 128;
+  :class:`RFADConvNet` is also KIP's kernel network (width 256).
 """
 
 from __future__ import annotations
@@ -318,17 +318,53 @@ class FRePoConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def rfad_convnet(channels: int, num_classes: int, image_size: int, width: int = 1024, depth: int = 3) -> ConvNet:
-    """RFAD's finite evaluation network (Loo et al. 2022, github yolky/RFAD ``models.py``):
-    the ConvNet without normalisation, ``width`` 1024, average pooling, every weight drawn
-    from N(0, 2/fan_in) and every bias from N(0, 0.1²) (``Conv2d_gaussian``, ``GaussianLinear``)."""
-    net = ConvNet(channels, num_classes, image_size, width=width, depth=depth, norm="none")
-    for mod in net.modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            nn.init.normal_(mod.weight, 0.0, math.sqrt(2.0 / mod.weight[0].numel()))
-            if mod.bias is not None:
-                nn.init.normal_(mod.bias, 0.0, 0.1)
-    return net
+class RFADConvNet(nn.Module):
+    """RFAD's random-feature ConvNet (``ConvNet_wide``, ``net_norm='none'``; yolky/RFAD
+    models.py:77-169).
+
+    The kernel network of KIP (width 256) and RFAD's finite evaluation network
+    (``eval_distilled_set.py``: width 1024, ``rfad-convnet``).
+    ``depth`` × [Conv3×3(``width``, padding 1, bias) → ReLU → AvgPool2×2], flatten. Conv weights
+    ~ N(0, 2/fan_in), biases ~ N(0, 0.1²); the linear head (only the NTK kernel uses it) has the
+    same law.
+
+    Args:
+        channels: C. num_classes: K (head outputs). image_size: H = W.
+        width: conv channels (RFAD: 256). depth: blocks (3).
+        generator: CPU generator for the initial weights (``None``: torch's global RNG).
+
+    Input N×C×H×W float32; ``embed`` → N×D with D = width·⌊H/2^depth⌋²; ``forward`` → N×K.
+
+    Raises:
+        ModelError: the image is too small for ``depth`` pools.
+    """
+
+    def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 256, depth: int = 3,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        size = image_size
+        layers: list[nn.Module] = []
+        c_in = channels
+        for _ in range(depth):
+            layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, 2)]
+            c_in, size = width, size // 2
+        if size < 1:
+            raise ModelError(f"the RFAD ConvNet of depth {depth} is too deep for {image_size}×{image_size} images")
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = width * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        with torch.no_grad():
+            for mod in self.modules():
+                if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                    fan_in = mod.weight[0].numel()
+                    nn.init.normal_(mod.weight, 0.0, math.sqrt(2.0 / fan_in), generator=generator)
+                    nn.init.normal_(mod.bias, 0.0, 0.1, generator=generator)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.features(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
 
 
 def _convnet_variant(**fixed):
@@ -358,8 +394,8 @@ MODELS = {
     "resnet18-bn": lambda c, k, s, **kw: ResNet18(c, k, s, norm="batch", **kw),
     "frepo-conv": lambda c, k, s, **kw: FRePoConvNet(c, k, s, **kw),
     "frepo-convnn": lambda c, k, s, **kw: FRePoConvNet(c, k, s, **{"norm": "none", **kw}),
-    "rfad-convnet": lambda c, k, s, **kw: rfad_convnet(c, k, s, **kw),
-    "rfad-convnet-w128": lambda c, k, s, **kw: rfad_convnet(c, k, s, **{"width": 128, **kw}),
+    "rfad-convnet": lambda c, k, s, **kw: RFADConvNet(c, k, s, **{"width": 1024, **kw}),
+    "rfad-convnet-w128": lambda c, k, s, **kw: RFADConvNet(c, k, s, **{"width": 128, **kw}),
 }
 
 
