@@ -86,7 +86,8 @@ def main() -> None:
 
 def render(rows: list[dict]) -> str:
     lines = ["# Matched-budget rows: each method at a budget a 2-core CPU runs, its own paper's protocol", "",
-             "Written by `bench/matched.py` (one row per invocation; the command is in each row's settings). "
+             "Written by `bench/matched.py --method M [--iterations N] --runs R` (one row per invocation; "
+             "matched.json holds each row's resolved method config and protocol settings). "
              "Accuracy: mean ± population std over the evaluation networks, each scored after its last epoch "
              "on the full test set.", "",
              "| dataset | method | IPC | budget | protocol | networks × epochs | test accuracy % | per network | "
