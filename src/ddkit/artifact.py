@@ -95,6 +95,14 @@ def legacy_label_kind(labels: torch.Tensor) -> str:
     return "regression"
 
 
+def pixel_overflow(images: torch.Tensor, digits: int | None = None) -> float:
+    """Fraction in [0, 1] of the values of a pixel-space tensor (any shape) outside [0, 1]
+    (0 for an empty tensor), rounded to ``digits`` if given (``extra["pixel_overflow"]``
+    records it to 6)."""
+    frac = float(((images < 0) | (images > 1)).float().mean()) if images.numel() else 0.0
+    return frac if digits is None else round(frac, digits)
+
+
 @dataclass
 class DistilledSet:
     """A distilled (synthetic) dataset with its provenance.
@@ -173,8 +181,7 @@ class DistilledSet:
 
     def pixel_overflow(self) -> float:
         """Fraction in [0, 1] of image values outside the [0, 1] pixel range."""
-        x = self.images
-        return float(((x < 0) | (x > 1)).float().mean()) if x.numel() else 0.0
+        return pixel_overflow(self.images)
 
     def clipped(self) -> DistilledSet:
         """A copy whose images are clipped to [0, 1] (what ddkit ≤ 0.2 stored; an image

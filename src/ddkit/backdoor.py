@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddkit.artifact import DistilledSet
+from ddkit.artifact import DistilledSet, pixel_overflow
 from ddkit.data import ImageDataset
 from ddkit.errors import ConfigError
 from ddkit.models import get_model
@@ -227,12 +227,11 @@ def dark(ds: DistilledSet, target: int = 0, *, trigger: Trigger = DARK_TRIGGER, 
                     last = float(loss.detach())
                     bar.update(last)
     pix = poisoned.detach() * std + mean
-    overflow = float(((pix < 0) | (pix > 1)).float().mean())
     seconds = round(time.perf_counter() - t0, 2)
     info = {"attack": "dark", "target": target, "trigger": trigger.spec(), "alpha": alpha,
             "surrogate_steps": surrogate_steps, "archetype_steps": archetype_steps, "trajectory": trajectory,
             "updates": updates, "batch_size": batch_size, "lr": lr, "model": model, "seed": seed, "seconds": seconds,
-            "final_loss": last, "pixel_overflow": round(overflow, 6), "source_digest": None}
+            "final_loss": last, "pixel_overflow": pixel_overflow(pix, 6), "source_digest": None}
     return DistilledSet(images=pix.cpu(), labels=ds.labels, method=ds.method, dataset=ds.dataset,
                         mean=ds.mean, std=ds.std, class_names=list(ds.class_names), ipc=ds.ipc, seed=ds.seed,
                         config=ds.config, extra={**ds.extra, "backdoor": info}, lr=ds.lr, label_kind=ds.label_kind)

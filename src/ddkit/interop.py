@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddkit.artifact import DistilledSet
+from ddkit.artifact import DistilledSet, pixel_overflow
 from ddkit.data import ImageDataset, load_dataset
 from ddkit.errors import ArtifactError, ConfigError, OutputError
 from ddkit.utils import atomic_path
@@ -223,10 +223,9 @@ def import_set(fmt: str, path: str | Path, dataset: str, *, exp: int = 0, zca: b
         raise ArtifactError(f"{str(p)!r}: after de-standardising with {dataset}'s mean/std the pixels span "
                             f"[{lo:.2f}, {hi:.2f}], not [0, 1]; {hint}. Refused: taken as they are they would "
                             f"train networks to chance")
-    overflow = float(((x < 0) | (x > 1)).float().mean())
     digests = [folder_digest] if fmt == "imagefolder" else [_sha256(s) for s in sources]
     info = {"format": fmt, "source": [str(s) for s in sources], "sha256": digests,
-            "exp": exp if fmt == "dc" else None, "zca_inverted": bool(zca), "pixel_overflow": round(overflow, 6)}
+            "exp": exp if fmt == "dc" else None, "zca_inverted": bool(zca), "pixel_overflow": pixel_overflow(x, 6)}
     counts = torch.bincount(labels if kind == "hard" else labels.argmax(1), minlength=k)
     return DistilledSet(images=x, labels=labels, label_kind=kind, method=method or "imported",
                         dataset=train.name, mean=train.mean, std=train.std, class_names=list(train.class_names),

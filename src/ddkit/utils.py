@@ -68,6 +68,16 @@ def iteration_generator(seed: int, iteration: int) -> torch.Generator:
 TEMP_EXTRA = 14
 
 
+def table_row(table: dict[int, object], ipc: int, rule: str = "nearest") -> int:
+    """The key of ``table`` (a table by IPC, or by image count) whose row applies to ``ipc``:
+    ``nearest`` (ties to the smaller key) or ``ceil`` (the smallest key ≥ ``ipc``, else the
+    largest). Used by the methods' IPC tables and the evaluation protocols' tables."""
+    rows = sorted(table)
+    if rule == "ceil":
+        return next((r for r in rows if r >= ipc), rows[-1])
+    return min(rows, key=lambda r: (abs(r - ipc), r))
+
+
 def _existing_ancestor(folder: Path) -> Path:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

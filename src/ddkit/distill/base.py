@@ -35,11 +35,11 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 
 from ddkit import io
-from ddkit.artifact import LABEL_KINDS, DistilledSet
+from ddkit.artifact import LABEL_KINDS, DistilledSet, pixel_overflow
 from ddkit.data import ImageDataset
 from ddkit.errors import ArtifactError, ConfigError, DDKitError
 from ddkit.progress import LoopProgress
-from ddkit.utils import iteration_generator, resolve_device
+from ddkit.utils import iteration_generator, resolve_device, table_row
 
 __all__ = ["CHECKPOINT_FORMAT", "METHODS", "Distiller", "LoopState", "MethodConfig", "RunContext", "SetParts",
            "StepEvent", "get_method", "initial_synthetic", "iteration_generator", "list_methods", "make_config",
@@ -571,7 +571,7 @@ class Distiller(ABC):
         extra.update(parts.extra)
         images = parts.images if parts.pixel else real.denormalize(parts.images.detach())
         images = images.detach().cpu()  # unclamped, as the authors' code evaluates it
-        extra["pixel_overflow"] = round(float(((images < 0) | (images > 1)).float().mean()), 6)
+        extra["pixel_overflow"] = pixel_overflow(images, 6)
         return DistilledSet(
             images=images, labels=parts.labels.detach().cpu(), method=self.name,
             dataset=real.name, mean=real.mean, std=real.std, class_names=list(real.class_names), ipc=ipc,
@@ -581,15 +581,6 @@ class Distiller(ABC):
 
 
 # ------------------------------------------------------------------------ shared helpers
-def table_row(table: dict[int, Any], ipc: int, rule: str = "nearest") -> int:
-    """The tabulated IPC whose row applies to ``ipc``: ``nearest`` (ties to the smaller IPC) or
-    ``ceil`` (the smallest tabulated IPC ≥ ``ipc``, else the largest)."""
-    rows = sorted(table)
-    if rule == "ceil":
-        return next((r for r in rows if r >= ipc), rows[-1])
-    return min(rows, key=lambda r: (abs(r - ipc), r))
-
-
 def sample_per_class(by_class: list[torch.Tensor], n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` indices per class, class-major (int64, K·n), drawn with ``generator``.
 

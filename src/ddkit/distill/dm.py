@@ -99,6 +99,5 @@ class DMDistiller(EmbeddingMatchingDistiller):
     Config = DMConfig
     supports_sample_weights = True
 
-    def matching_loss(self, ctx, embed, real, syn, dsa, generator, per_class, weights):
-        loss = dm_loss_per_class if per_class else dm_loss
-        return loss(embed, real, syn, ctx.num_classes, dsa, generator, weights)
+    def matching_loss(self, ctx, embed, real, syn, dsa, generator, weights):
+        return dm_loss(embed, real, syn, ctx.num_classes, dsa, generator, weights)

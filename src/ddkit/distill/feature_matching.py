@@ -63,8 +63,9 @@ class EmbeddingMatchingConfig(FeatureMatchingConfig):
     fall-back to eager. Later iterations reuse the compiled code for every freshly
     initialised network (parameters are graph inputs).
     ``channels_last``: ψ's weights in channels-last memory format (default on).
-    Measured (bench/results/speed_reference.md): on a 2-core AMD EPYC the real branch's
-    2 560 images went through ψ in 2.9 s compiled + channels-last, 7.8 s eager.
+    Measured once on a 2-core AMD EPYC (docs/methods.md, "Speed"): the real branch's 2 560
+    images went through ψ in 2.9 s compiled + channels-last, 7.8 s eager; a whole DM
+    iteration against the authors' code is in bench/results/speed_reference.md.
     """
 
     compile: Union[bool, Literal["auto"]] = "auto"  # noqa: UP007 (pydantic reads the union)
@@ -118,7 +119,7 @@ class EmbeddingMatchingDistiller(Distiller):
 
     @abstractmethod
     def matching_loss(self, ctx: RunContext, embed, real: torch.Tensor, syn: torch.Tensor, dsa: DSA | None,
-                      generator: torch.Generator, per_class: bool, weights: torch.Tensor | None) -> torch.Tensor:
+                      generator: torch.Generator, weights: torch.Tensor | None) -> torch.Tensor:
         """The loss of one iteration (real: (K·B)×C×H×W, syn: (K·S)×C×H×W, standardised and
         class-major; ``weights``: (K·B,) per-sample weights of the real batch or ``None``)."""
 
@@ -132,9 +133,8 @@ class EmbeddingMatchingDistiller(Distiller):
         syn = initial_synthetic(real_x, by_class, ctx.ipc, cfg.init, iteration_generator(ctx.seed, -1))
         syn.requires_grad_(True)
         opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        per_class = False  # one pass over all classes (see the class docstring)
         return LoopState(tensors={"syn": syn}, optimizers={"img": opt},
-                         aux={"dsa": dsa, "compiled": compiled, "per_class": per_class, "by_class": by_class},
+                         aux={"dsa": dsa, "compiled": compiled, "by_class": by_class},
                          values={"compiled": {"used": use, "reason": why}})
 
     def step(self, state: LoopState, ctx: RunContext, iteration: int, generator: torch.Generator) -> float:
@@ -153,7 +153,7 @@ class EmbeddingMatchingDistiller(Distiller):
         t_it = time.perf_counter()
         try:  # forward and backward: both are compiled (lazily, at first use) when compile=True
             loss = self.matching_loss(ctx, embed, ctx.real_x()[idx.to(ctx.device)], syn, aux["dsa"], generator,
-                                      aux["per_class"], weights)
+                                      weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         except compile_errors as exc:

@@ -106,11 +106,11 @@ from ddkit.distill.base import (
     iteration_generator,
     register,
     sample_per_class,
-    table_row,
 )
 from ddkit.distill.feature_matching import FeatureMatchingConfig
 from ddkit.errors import ConfigError
 from ddkit.train import TrainConfig, train_model
+from ddkit.utils import table_row
 
 #: The reference code's ``get_loops`` table: IPC → (outer_loop, inner_loop).
 LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15),

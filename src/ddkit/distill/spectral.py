@@ -78,8 +78,7 @@ class SpectralConfig(EmbeddingMatchingConfig):
 
 
 def spectral_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int, filt: Filter | str,
-                  dsa: DSA | None = None, generator: torch.Generator | None = None,
-                  per_class: bool = False) -> torch.Tensor:
+                  dsa: DSA | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """K² · UniDD spectral matching loss (g = FLC) between a real batch and the synthetic set.
 
     Args:
@@ -87,7 +86,7 @@ def spectral_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int
         real: (K·B)×C×H×W standardised real images, class-major (B per class).
         syn: (K·S)×C×H×W standardised synthetic images, class-major (S per class).
         num_classes: K. filt: the filter. dsa: siamese augmentation (one draw per class).
-        generator: for the DSA draw. per_class: embed class by class (batch-norm models).
+        generator: for the DSA draw. All classes are embedded in one pass.
 
     Returns:
         Scalar float64 loss; gradient flows to ``syn`` only. With the identity filter it is
@@ -102,14 +101,9 @@ def spectral_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int
         real = dsa.apply(real, draw, y_real)
         syn = dsa.apply(syn, draw, y_syn)
 
-    def features(x: torch.Tensor, per: int) -> torch.Tensor:
-        if not per_class:
-            return embed(x)
-        return torch.cat([embed(x[c * per:(c + 1) * per]) for c in range(k)])
-
     with torch.no_grad():
-        h_real = features(real, b)
-    h_syn = features(syn, s)
+        h_real = embed(real)
+    h_syn = embed(syn)
     need_ffc = filt.kind != "identity"
     st_real = feature_stats(h_real, F.one_hot(y_real, k).to(h_real.device), ffc=need_ffc)
     st_syn = feature_stats(h_syn, F.one_hot(y_syn, k).to(h_syn.device), ffc=need_ffc)
@@ -132,8 +126,8 @@ class SpectralDistiller(EmbeddingMatchingDistiller):
     def title(self, ctx: RunContext) -> str:
         return f"spectral[{ctx.aux['filter'].name}] ipc={ctx.ipc}"
 
-    def matching_loss(self, ctx, embed, real, syn, dsa, generator, per_class, weights):
-        return spectral_loss(embed, real, syn, ctx.num_classes, ctx.aux["filter"], dsa, generator, per_class)
+    def matching_loss(self, ctx, embed, real, syn, dsa, generator, weights):
+        return spectral_loss(embed, real, syn, ctx.num_classes, ctx.aux["filter"], dsa, generator)
 
     def finish(self, state: LoopState, ctx: RunContext) -> SetParts:
         parts = super().finish(state, ctx)

@@ -59,6 +59,7 @@ import torch.nn as nn
 from ddkit.augment import DSA, DSAConfig
 from ddkit.errors import ConfigError
 from ddkit.train import TrainConfig, predict, train_model
+from ddkit.utils import table_row
 
 __all__ = ["HARD_PROTOCOLS", "PROTOCOLS", "Recipe", "default_protocol", "make_recipe"]
 
@@ -108,6 +109,10 @@ class Recipe:
 
     def fit(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
             validation: tuple[torch.Tensor, torch.Tensor] | None = None, **parts) -> nn.Module:
+        """Train ``net`` on standardised images ``x`` (N×C×H×W float32) and stored labels ``y``
+        (int64 (N,) or float32 N×K) under ``generator``; ``validation`` = (standardised images,
+        int64 labels) for protocols that select on it (``kip``), ``parts`` go to
+        :func:`ddkit.train.train_model` (ELF's ``loss_fn``). Returns the network to test."""
         if self.fit_fn is not None:
             return self.fit_fn(net, x, y, generator, validation)
         train_model(net, x, y, self.train, generator=generator, augment=self.augment, max_steps=self.max_steps,
@@ -121,10 +126,6 @@ class PerImageOps(DSA):
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         d = self.draw(x.shape[0], generator, one_op=False)
         return self.apply(x, d, torch.arange(x.shape[0]))
-
-
-def _nearest(table: dict[int, Any], key: int) -> int:
-    return min(table, key=lambda r: (abs(r - key), r))
 
 
 def make_recipe(name: str, ds, *, epochs: int | None = None, augment: bool = True, batch_size: int | None = None,
@@ -180,7 +181,7 @@ def _dc_dsa(key, ds, size, kind, epochs, augment, batch_size, model) -> Recipe:
 
 def _frepo(ds, size, steps, augment, batch_size, model) -> Recipe:
     n = ds.images.shape[0]
-    total = steps or _FREPO_STEPS[_nearest(_FREPO_STEPS, n)]
+    total = steps or _FREPO_STEPS[table_row(_FREPO_STEPS, n)]
     b = batch_size or min(n, 500)
     per_epoch = math.ceil(n / b)
     ops = "color_crop_cutout_rotate" + ("" if ds.dataset in _NO_FLIP_FREPO else "_flip")
@@ -202,7 +203,7 @@ def _frepo(ds, size, steps, augment, batch_size, model) -> Recipe:
 def _rfad(ds, max_steps, batch_size, model) -> Recipe:
     table = _RFAD_HYPERS.get(ds.dataset)
     if table is not None:
-        row = _nearest(table, ds.ipc)
+        row = table_row(table, ds.ipc)
         lr, scale, wd = table[row]
         centring, source = True, f"RFAD --use_best_hypers ({ds.dataset}, IPC {row})"
     else:

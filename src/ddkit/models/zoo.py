@@ -50,7 +50,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 def _act(kind: str) -> nn.Module:
     # in-place ReLU, as the DC/DSA/DM reference ConvNet: the same values, one memory pass
-    # fewer (measured 1.35× faster training steps on a 2-core CPU, bench/results/speed_reference.md)
+    # fewer (a training step 1.35× faster, measured once on a 2-core CPU: docs/methods.md, "Speed")
     acts = {"relu": lambda: nn.ReLU(inplace=True), "sigmoid": nn.Sigmoid, "leakyrelu": lambda: nn.LeakyReLU(0.01)}
     if kind not in acts:
         raise ModelError(f"unknown activation {kind!r}; use {', '.join(acts)}")
