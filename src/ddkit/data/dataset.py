@@ -21,6 +21,14 @@ class ImageDataset:
         mean, std: per-channel normalisation constants in [0, 1] pixel units (C each).
         source: where the data was read from (a path, or ``"scikit-learn"``).
         split: ``"train"`` or ``"test"``.
+        attributes: optional ``int64`` tensor (N,), one bias attribute per image (≥ 0; the
+            biased benchmarks of :mod:`ddkit.data.biased` store the colour/corruption index
+            0..9 there, LfF's protocol), or ``None``. Carried through :meth:`subset` and
+            :meth:`per_class_subset`; bias metrics and ``debias="oracle"`` read it.
+
+    Raises:
+        ConfigError: images not N×C×H×W; labels, or attributes, not one per image; mean/std
+            not one per channel; attributes not an integer tensor (1-D, values ≥ 0).
     """
 
     name: str
@@ -31,6 +39,7 @@ class ImageDataset:
     std: tuple[float, ...]
     source: str = ""
     split: str = "train"
+    attributes: torch.Tensor | None = None
     _by_class: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -41,6 +50,8 @@ class ImageDataset:
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ConfigError("dataset mean/std must have one entry per channel")
         self.labels = self.labels.long()
+        if self.attributes is not None:
+            self.attributes = _checked_attributes(self.attributes, self.images.shape[0])
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -86,11 +97,17 @@ class ImageDataset:
         """Number of samples per class."""
         return [int(ix.numel()) for ix in self.class_indices()]
 
+    @property
+    def has_attributes(self) -> bool:
+        """Whether the dataset carries a bias attribute per image (:attr:`attributes`)."""
+        return self.attributes is not None
+
     def subset(self, indices: torch.Tensor) -> ImageDataset:
-        """A new dataset with the samples at ``indices`` (int64 tensor)."""
+        """A new dataset with the samples at ``indices`` (int64 tensor), their attributes included."""
         return ImageDataset(
             self.name, self.images[indices], self.labels[indices], list(self.class_names),
             self.mean, self.std, self.source, self.split,
+            None if self.attributes is None else self.attributes[indices],
         )
 
     def per_class_subset(self, n_per_class: int, seed: int = 0) -> ImageDataset:
@@ -98,3 +115,16 @@ class ImageDataset:
         g = torch.Generator().manual_seed(seed)
         picks = [ix[torch.randperm(ix.numel(), generator=g)[:n_per_class]] for ix in self.class_indices()]
         return self.subset(torch.cat(picks))
+
+
+def _checked_attributes(attributes, n: int) -> torch.Tensor:
+    """``attributes`` as an int64 (n,) tensor; ConfigError when it is not one integer ≥ 0 per image."""
+    a = attributes if isinstance(attributes, torch.Tensor) else torch.as_tensor(attributes)
+    if a.dtype == torch.bool or a.dtype.is_floating_point or a.dtype.is_complex:
+        raise ConfigError(f"dataset attributes must be integers (int64), got dtype {a.dtype}")
+    if a.dim() != 1 or a.shape[0] != n:
+        raise ConfigError(f"dataset attributes must be one per image, shape ({n},), got {tuple(a.shape)}")
+    a = a.long()
+    if n and int(a.min()) < 0:
+        raise ConfigError("dataset attributes must be ≥ 0 (an attribute index per image)")
+    return a

@@ -522,7 +522,9 @@ def _canonical(name: str) -> str:
 
 
 def _unknown(name: str) -> DatasetNotFoundError:
-    known = ", ".join([*DATASETS, "imagefolder:PATH"])
+    from ddkit.data.biased import FAMILIES
+
+    known = ", ".join([*DATASETS, "imagefolder:PATH", *(f"{f}:rho=R,severity=S" for f in FAMILIES)])
     return DatasetNotFoundError(f"unknown dataset {name!r}; known: {known}")
 
 
@@ -542,6 +544,12 @@ def dataset_status(name: str, data_root: str | Path | None = None) -> tuple[str 
     Checks without downloading (it reads the test split). A broken copy is reported as
     ``"unreadable copy under ROOT (problem)"``. Raises ``DatasetNotFoundError`` for an unknown name.
     """
+    from ddkit.data import biased
+
+    if biased.is_biased_name(name):  # built from its base dataset: where that one is
+        spec = biased.parse_name(name)
+        where, how = dataset_status(spec.base, data_root)
+        return where, f"built from {spec.base}: {how}"
     key = _canonical(name)
     if key not in DATASETS:
         raise _unknown(name)
@@ -648,7 +656,10 @@ def load_dataset(
 
     Args:
         name: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``svhn``, ``digits``,
-            or ``imagefolder:PATH`` (PATH/train/<class>/*.png and PATH/test|val/<class>/*).
+            ``imagefolder:PATH`` (PATH/train/<class>/*.png and PATH/test|val/<class>/*), or a
+            biased benchmark ``cmnist-dd:rho=R,severity=S``, ``cfmnist-dd:...``,
+            ``ccifar10-dd:...`` (:mod:`ddkit.data.biased`: 3-channel images with an ``int64``
+            bias attribute per image in ``attributes``; its test split has ρ = 0).
         split: ``"train"`` or ``"test"``.
         data_root: a folder searched first (see the module docstring for the order).
         download: allow torchvision's download into the cache when no local copy is found.
@@ -668,9 +679,15 @@ def load_dataset(
             files failing torchvision's MD5 check: the message names the path and the problem);
             for ``imagefolder:``, any problem of the folder (see :func:`_image_folder`) and a
             test split whose class folders differ from the training split's.
+        ConfigError: a biased benchmark's name with a bad parameter (ρ outside [0, 1],
+            severity outside 1..4, an unknown key; :func:`ddkit.data.biased.parse_name`).
     """
     if split not in ("train", "test"):
         raise DatasetNotFoundError(f"split must be 'train' or 'test', got {split!r}")
+    from ddkit.data import biased
+
+    if biased.is_biased_name(name):
+        return biased.load_biased(name, split, data_root=data_root, download=download)
     if name.startswith("imagefolder:"):
         if not name.split(":", 1)[1].strip():
             raise DatasetNotFoundError("imagefolder: needs a folder, as in imagefolder:PATH")
