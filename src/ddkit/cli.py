@@ -160,6 +160,13 @@ def datasets(data_root: Annotated[Path | None, typer.Option(help="Folder searche
         table.add_row(name, f"{info.channels}×{info.image_size}×{info.image_size}", str(info.num_classes),
                       where or "[red]not found[/]", how)
     table.add_row("imagefolder:PATH", "any", "any", "PATH", "PATH/train/<class>/*, PATH/test/<class>/*")
+    from ddkit.data.biased import FAMILIES
+
+    for family, (base, _) in FAMILIES.items():
+        info = DATASETS[base]
+        where, how = dataset_status(base, data_root)
+        table.add_row(f"{family}:rho=R,severity=S", f"3×{info.image_size}×{info.image_size}", str(info.num_classes),
+                      (f"built from {where}" if where else "[red]not found[/]"), f"built from {base}: {how}")
     out.print(table)
 
 
@@ -182,6 +189,10 @@ def distill(
     download: Annotated[bool, typer.Option(help="Let torchvision download the dataset if no copy is found.")] = False,
     audit_split: Annotated[int | None, typer.Option(help="Distil from the seeded half of the training set (the "
                                                          "membership-inference audit's members).")] = None,
+    debias: Annotated[str | None, typer.Option(help="Reweight the real images of a biased dataset: kde (1/kernel "
+                                                    "density of the embedding per class, no attribute labels) or "
+                                                    "oracle (inverse attribute frequency: an upper bound). "
+                                                    "dm, dc, dsa.")] = None,
 ):
     """Distil a dataset and write the distilled set (checkpoints go to OUT.ckpt).
 
@@ -209,7 +220,7 @@ def distill(
         real = ddkit.load_dataset(dataset, "train", data_root=data_root, download=download)
         result = ddkit.distill(real, method, ipc, iterations=iterations, config=settings, seed=seed,
                                device=device, checkpoint=ckpt, resume=resume, progress=not quiet,
-                               audit_split=audit_split)
+                               audit_split=audit_split, debias=debias)
         result.save(out_file)
         if ckpt.exists():
             ckpt.unlink()
@@ -289,6 +300,11 @@ def evaluate(
                                                "task.")] = "front_rear_task",
     pubkey: Annotated[Path | None, typer.Option(help="Require a valid signature by this public key "
                                                      "(ddkit keygen/sign).")] = None,
+    bias: Annotated[bool | None, typer.Option("--bias/--no-bias", help="Bias metrics (unbiased, bias-aligned, "
+                                                                       "bias-conflicting accuracy); default: "
+                                                                       "whenever the dataset has attributes.")] = None,
+    bias_rho: Annotated[float, typer.Option(help="rho of the test split for the aligned/conflicting "
+                                                 "accuracies.")] = 0.5,
 ):
     """Train fresh networks on a distilled set; print the test accuracy mean ± std."""
     import ddkit
@@ -323,11 +339,20 @@ def evaluate(
         raise ConfigError("--plot draws the cross-architecture table: give --models")
     result = ddkit.evaluate(file, model=model, runs=runs, epochs=epochs, augment=augment, device=device,
                             seed=seed, data_root=data_root, progress=not quiet, protocol=protocol, teacher=teacher,
-                            download=download, elf=elf_cfg)
+                            download=download, elf=elf_cfg, bias=bias, bias_rho=bias_rho)
     if _rank() != 0:  # under torchrun: rank 0 reports for all
         return
     out.print(f"{result.method} IPC {result.ipc} on {result.dataset}, {result.model}, {runs} runs × "
               f"{result.epochs} epochs: test accuracy {result.summary()}")
+    if result.bias:
+        b = result.bias
+
+        def pct(key: str) -> str:
+            return "n/a" if b[key] is None else f"{100 * b[key]:.2f} ± {100 * b[key + '_std']:.2f} %"
+
+        split = "test split" if b["split_rho"] is None else f"rho={b['split_rho']:g} split"
+        out.print(f"bias: unbiased (rho=0) {pct('unbiased')}; {split}: aligned {pct('aligned')}, conflicting "
+                  f"{pct('conflicting')}", highlight=False)
     out.print(f"protocol: {result.protocol}", highlight=False)
     if json_out is not None:
         result.save(json_out)

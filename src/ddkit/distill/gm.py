@@ -43,6 +43,12 @@ selectable with ``init="noise"``); DSA strategy ``color_crop_cutout_flip_scale_r
 ``dc`` uses no augmentation anywhere. The DSA paper keeps DC's learning rates and
 schedule, so ``dsa`` differs from ``dc`` only by ``dsa=True``.
 
+Per-sample weights (``distill(..., sample_weights=w)``, not in the papers; for the
+remedies of biased data, :mod:`ddkit.distill.debias`): the real side's class loss becomes
+the weighted mean Σ_i w_i CE_i / Σ_i w_i over the class's sampled batch, so g^real_c is the
+gradient of the weighted loss; the synthetic side is unchanged. Without weights the
+objective is the papers'.
+
 Batch-norm networks (``*bn``) are refused: per-class gradients need per-sample
 normalisation (the reference code freezes batch-norm statistics instead; not ported).
 
@@ -206,7 +212,17 @@ def gradient_distance(g_syn: Sequence[torch.Tensor], g_real: Sequence[torch.Tens
     return total
 
 
-def class_gradients_loop(net: nn.Module, x: torch.Tensor, create_graph: bool = False) -> list[torch.Tensor]:
+def _class_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Mean cross-entropy, or Σ w_i ℓ_i / Σ w_i with per-sample weights ``w``."""
+    if w is None:
+        return F.cross_entropy(logits, y)
+    per = F.cross_entropy(logits, y, reduction="none")
+    w = w.to(per.dtype)
+    return (per * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def class_gradients_loop(net: nn.Module, x: torch.Tensor, create_graph: bool = False,
+                         weights: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Per-class cross-entropy gradients, one backward pass per class.
 
     Parameters
@@ -218,23 +234,28 @@ def class_gradients_loop(net: nn.Module, x: torch.Tensor, create_graph: bool = F
     create_graph : bool
         Keep the graph of the gradients (needed for the synthetic side, where the
         images are optimised through the gradients).
+    weights : torch.Tensor, optional
+        ``(K, B)`` non-negative per-sample weights (each row with a positive sum): the
+        class loss becomes Σ_i w_ci CE_i / Σ_i w_ci (ddkit's remedies for biased data,
+        :mod:`ddkit.distill.debias`; not in the papers).
 
     Returns
     -------
     list of torch.Tensor
         One tensor per ``net.parameters()`` entry, shape ``(K, *P)``: row c is
-        ∇_θ mean_i CE(net(x[c, i]), c).
+        ∇_θ mean_i CE(net(x[c, i]), c) (the weighted mean with ``weights``).
     """
     params = [p for p in net.parameters()]
     per_class = []
     for c in range(x.shape[0]):
         y = torch.full((x.shape[1],), c, dtype=torch.long, device=x.device)
-        loss = F.cross_entropy(net(x[c]), y)
+        loss = _class_loss(net(x[c]), y, None if weights is None else weights[c])
         per_class.append(torch.autograd.grad(loss, params, create_graph=create_graph))
     return [torch.stack(gs) for gs in zip(*per_class, strict=True)]
 
 
-def class_gradients_vmap(net: nn.Module, x: torch.Tensor, create_graph: bool = False) -> list[torch.Tensor]:
+def class_gradients_vmap(net: nn.Module, x: torch.Tensor, create_graph: bool = False,
+                         weights: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Per-class cross-entropy gradients with ``torch.func`` (vmap over classes of grad).
 
     Same parameters and result as :func:`class_gradients_loop`. The parameters enter as
@@ -248,19 +269,24 @@ def class_gradients_vmap(net: nn.Module, x: torch.Tensor, create_graph: bool = F
     k, b = x.shape[:2]
     labels = torch.arange(k, device=x.device).unsqueeze(1).expand(k, b)
 
-    def loss(p, xc, yc):
-        return F.cross_entropy(functional_call(net, p, (xc,)), yc)
+    def loss(p, xc, yc, wc):
+        logits = functional_call(net, p, (xc,))
+        if wc is None:
+            return F.cross_entropy(logits, yc)
+        per = F.cross_entropy(logits, yc, reduction="none")
+        return (per * wc.to(per.dtype)).sum() / wc.sum()
 
-    per_class = vmap(grad(loss), in_dims=(None, 0, 0))
+    per_class = vmap(grad(loss), in_dims=(None, 0, 0, None if weights is None else 0))
     if create_graph:
-        out = per_class(params, x, labels)
+        out = per_class(params, x, labels, weights)
     else:
         with torch.no_grad():
-            out = per_class(params, x, labels)
+            out = per_class(params, x, labels, weights)
     return [out[n] for n in names]
 
 
-def match_step_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, batched: bool = False) -> torch.Tensor:
+def match_step_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, batched: bool = False,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
     """The matching objective D = Σ_c d(∇_θ CE(syn_c), ∇_θ CE(real_c)) for one network.
 
     Parameters
@@ -273,6 +299,8 @@ def match_step_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, batch
         ``(K, S, C, H, W)`` float32 synthetic images (on the autograd tape).
     batched : bool
         Use :func:`class_gradients_vmap` instead of :func:`class_gradients_loop`.
+    weights : torch.Tensor, optional
+        ``(K, B)`` per-sample weights of the real images (a weighted real-side loss).
 
     Returns
     -------
@@ -280,7 +308,7 @@ def match_step_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, batch
         0-d, differentiable with respect to ``syn`` (second order through θ's gradients).
     """
     grads = class_gradients_vmap if batched else class_gradients_loop
-    g_real = [g.detach() for g in grads(net, real, create_graph=False)]
+    g_real = [g.detach() for g in grads(net, real, create_graph=False, weights=weights)]
     g_syn = grads(net, syn, create_graph=True)
     return gradient_distance(g_syn, g_real, lead=1)
 
@@ -318,6 +346,7 @@ class DCDistiller(Distiller):
     Config = GMConfig
     ipc_defaults = {ipc: {"outer_loop": o, "inner_loop": i} for ipc, (o, i) in LOOPS.items()}
     ipc_rule = "nearest"
+    supports_sample_weights = True  # a weighted real-side loss (remedies for biased data)
 
     def check(self, ctx: RunContext) -> None:
         probe = ctx.new_model(ctx.config.model)
@@ -354,8 +383,9 @@ class DCDistiller(Distiller):
                 draw = dsa.draw(k, generator)
                 xr = dsa.apply(xr, draw, aux["real_groups"])
                 xs = dsa.apply(xs, draw, labels)
+            w = None if ctx.sample_weights is None else ctx.sample_weights[idx].reshape(k, bsz).to(ctx.device)
             loss = match_step_loss(net, xr.reshape(k, bsz, *xr.shape[1:]), xs.reshape(k, ctx.ipc, *xs.shape[1:]),
-                                   batched=cfg.batched)
+                                   batched=cfg.batched, weights=w)
             opt.zero_grad(set_to_none=True)
             loss.backward(inputs=[syn])
             opt.step()

@@ -87,7 +87,11 @@ class EvalResult:
     """Accuracies in [0, 1] of ``runs`` networks trained on one distilled set.
 
     ``per_class``: K mean accuracies (over the runs) on each test class, ``per_class_std``
-    their population std; ``std`` is the population std of ``accuracies``.
+    their population std; ``std`` is the population std of ``accuracies``. ``bias``: for
+    a dataset with bias attributes, the bias metrics (:mod:`ddkit.evaluate.bias`):
+    ``unbiased`` (ρ = 0 test split), ``aligned`` / ``conflicting`` (a ρ = ``split_rho``
+    split), each with ``_std``, ``gap`` = aligned − conflicting, ``per_run``, ``images``;
+    empty otherwise.
     """
 
     dataset: str
@@ -108,6 +112,7 @@ class EvalResult:
     per_class: list[float] = field(default_factory=list)
     per_class_std: list[float] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    bias: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         """``"83.10 ± 0.42 %"`` style one-liner."""
@@ -292,6 +297,8 @@ def evaluate(
     download: bool = False,
     elf: Any = None,
     train: ImageDataset | None = None,
+    bias: bool | None = None,
+    bias_rho: float = 0.5,
 ) -> EvalResult:
     """Train ``runs`` fresh networks on a distilled set and test them on the real test set.
 
@@ -319,15 +326,21 @@ def evaluate(
         elf: ``True`` or an :class:`~ddkit.evaluate.elf.ELFConfig`: train with ELF (the
             distillation model's features; :mod:`ddkit.evaluate.elf`); ``train`` is the real
             training split its feature teacher learns from (default: loaded by name).
+        bias: the bias metrics (:mod:`ddkit.evaluate.bias`): ``None`` (default) computes
+            them whenever the test set carries bias attributes (the biased benchmarks of
+            :mod:`ddkit.data.biased`), ``True`` requires them, ``False`` skips them.
+        bias_rho: ρ in (0, 1) of the test split for the bias-aligned / bias-conflicting
+            accuracies (default 0.5).
 
     Returns:
-        :class:`EvalResult` with accuracies in [0, 1], overall and per class.
+        :class:`EvalResult` with accuracies in [0, 1], overall and per class, and ``bias``.
 
     Raises:
         ArtifactError: the file is not a valid distilled set.
         ConfigError: runs < 1, epochs < 1, unknown protocol, soft protocol without a
             teacher, a teacher with ``hard``, a teacher that does not fit the set, or a
-            test set whose image shape or classes differ from the set's.
+            test set whose image shape or classes differ from the set's; bias metrics asked
+            (``bias=True``) of a dataset without attributes; ``bias_rho`` outside (0, 1).
         ModelError: the model does not fit the images.
         DatasetNotFoundError: the test set cannot be found.
     """
@@ -337,8 +350,13 @@ def evaluate(
     _config(model=model, runs=runs, epochs=epochs, augment=augment, seed=seed, batch_size=batch_size,
             protocol=protocol)
     test = _test_split(ds, test, data_root, download)
+    plan = None
+    if bias or (bias is None and test.attributes is not None):
+        from ddkit.evaluate.bias import bias_plan
+
+        plan = bias_plan(ds.dataset, test, bias_rho=bias_rho, data_root=data_root, download=download)
     k = ds.num_classes
-    done: list[tuple[int, float, list[float]]] = []
+    done: list[tuple[int, float, list[float], dict | None]] = []
     mean = torch.tensor(ds.mean).view(-1, 1, 1)
     std = torch.tensor(ds.std).view(-1, 1, 1)
 
@@ -348,7 +366,8 @@ def evaluate(
         conf = confusion(net, test.images, test.labels, k, normalize=lambda b: (b - m) / s).double()
         net.train()
         acc = float(conf.trace() / conf.sum().clamp_min(1))
-        done.append((i, acc, (conf.diag() / conf.sum(1).clamp_min(1)).tolist()))
+        scores = plan.score(net, lambda b: (b - m) / s, acc) if plan is not None else None
+        done.append((i, acc, (conf.diag() / conf.sum(1).clamp_min(1)).tolist(), scores))
         if progress:
             print(f"  run {i + 1}/{runs}: {100 * acc:.2f} %", flush=True)
 
@@ -357,9 +376,14 @@ def evaluate(
                              device=parallel.rank_device(device), seed=seed, batch_size=batch_size,
                              protocol=protocol, teacher=teacher, on_network=score, run_indices=mine, elf=elf,
                              train=train, data_root=data_root, download=download)
-    results = sorted(parallel.gather(done))
-    accs = [acc for _, acc, _ in results]
-    pc = torch.tensor([row for _, _, row in results], dtype=torch.float64)
+    results = sorted(parallel.gather(done), key=lambda r: r[0])
+    accs = [acc for _, acc, _, _ in results]
+    pc = torch.tensor([row for _, _, row, _ in results], dtype=torch.float64)
+    bias_out: dict[str, Any] = {}
+    if plan is not None:
+        from ddkit.evaluate.bias import summarise
+
+        bias_out = summarise([b for _, _, _, b in results], plan)
     dev = str(next(trained.networks[0].parameters()).device) if trained.networks else str(device)
     return EvalResult(
         dataset=ds.dataset, method=ds.method, ipc=ds.ipc, model=trained.settings["model"], runs=runs,
@@ -370,4 +394,5 @@ def evaluate(
                    "label_kind": ds.label_kind},
         settings=trained.settings, per_class=[round(float(v), 6) for v in pc.mean(0)],
         per_class_std=[round(float(v), 6) for v in pc.std(0, unbiased=False)], class_names=list(ds.class_names),
+        bias=bias_out,
     )
