@@ -93,6 +93,11 @@ def _motion_blur(layer: np.ndarray, radius: int, sigma: float, angle_deg: float)
 
 
 def snow(x: Image, level: int, rng: Rng) -> np.ndarray:
+    """CIFAR-10-C snow: a snow layer (zoomed Gaussian noise, thresholded, motion-blurred)
+    added twice (once rotated 180°) to a brightened image.
+
+    x: uint8 H×W×3 RGB; level 1..5; returns H×W×3 in [0, 255].
+    """
     loc, scale, zoom, thresh, radius, sigma, keep = _level([
         (0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
         (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)], level)
@@ -128,6 +133,10 @@ _FROST: list[np.ndarray] | None = None
 
 
 def frost(x: Image, level: int, rng: Rng) -> np.ndarray:
+    """CIFAR-10-C frost: a random crop of a frost picture blended in.
+
+    x: uint8 H×W×3 RGB; level 1..5; returns H×W×3 in [0, 255].
+    """
     global _FROST
     keep, add = _level([(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)], level)
     if _FROST is None:
@@ -143,6 +152,11 @@ def frost(x: Image, level: int, rng: Rng) -> np.ndarray:
 
 
 def fog(x: Image, level: int, rng: Rng) -> np.ndarray:
+    """CIFAR-10-C fog: a diamond-square plasma fractal added, rescaled by the image
+    maximum.
+
+    x: uint8 H×W×3 RGB; level 1..5; returns H×W×3 in [0, 255].
+    """
     amount, decay = _level([(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)], level)
     img = x / 255.0
     top = img.max()
@@ -161,16 +175,28 @@ def _hsv_channel(x: Image, channel: int, fn: Callable[[np.ndarray], np.ndarray])
 
 
 def brightness(x: Image, level: int, rng: Rng) -> np.ndarray:
+    """CIFAR-10-C brightness: HSV value shifted up.
+
+    x: uint8 H×W×3 RGB; level 1..5; returns H×W×3 in [0, 255].
+    """
     c = _level([0.05, 0.1, 0.15, 0.2, 0.3], level)
     return _hsv_channel(x, 2, lambda v: np.clip(v + c, 0, 1))
 
 
 def saturate(x: Image, level: int, rng: Rng) -> np.ndarray:
+    """CIFAR-10-C saturate: HSV saturation scaled and shifted.
+
+    x: uint8 H×W×3 RGB; level 1..5; returns H×W×3 in [0, 255].
+    """
     gain, shift = _level([(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)], level)
     return _hsv_channel(x, 1, lambda s: np.clip(s * gain + shift, 0, 1))
 
 
 def contrast(x: Image, level: int, rng: Rng) -> np.ndarray:
+    """CIFAR-10-C contrast: pixel deviations from the per-channel mean scaled.
+
+    x: uint8 H×W×3 RGB; level 1..5; returns H×W×3 in [0, 255].
+    """
     c = _level([0.75, 0.5, 0.4, 0.3, 0.15], level)
     img = x / 255.0
     means = img.mean(axis=(0, 1), keepdims=True)
@@ -178,6 +204,11 @@ def contrast(x: Image, level: int, rng: Rng) -> np.ndarray:
 
 
 def spatter(x: Image, level: int, rng: Rng) -> np.ndarray:
+    """CIFAR-10-C spatter: water drops (levels 1-3) or mud (levels 4-5) from thresholded
+    smoothed noise.
+
+    x: uint8 H×W×3 RGB; level 1..5; returns H×W×3 in [0, 255].
+    """
     loc, scale, sigma, thresh, strength, mud = _level([
         (0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0), (0.65, 0.3, 1, 0.69, 0.5, 0),
         (0.65, 0.1, 0.7, 0.69, 0.6, 1), (0.65, 0.1, 0.5, 0.68, 0.6, 1)], level)
@@ -206,6 +237,11 @@ def spatter(x: Image, level: int, rng: Rng) -> np.ndarray:
 
 
 def elastic(x: Image, level: int, rng: Rng) -> np.ndarray:
+    """CIFAR-10-C elastic: a random affine warp, then a smoothed random displacement
+    field.
+
+    x: uint8 H×W×3 RGB; level 1..5; returns H×W×3 in [0, 255].
+    """
     size = 32
     alpha, sigma, affine = _level([(size * 0, size * 0, size * 0.08), (size * 0.05, size * 0.2, size * 0.07),
                                    (size * 0.08, size * 0.06, size * 0.06), (size * 0.1, size * 0.04, size * 0.05),
@@ -229,6 +265,10 @@ def elastic(x: Image, level: int, rng: Rng) -> np.ndarray:
 
 
 def jpeg(x: Image, level: int, rng: Rng) -> np.ndarray:
+    """CIFAR-10-C jpeg: JPEG round trip at the level's quality (PIL).
+
+    x: uint8 H×W×3 RGB; level 1..5; returns H×W×3 in [0, 255].
+    """
     from PIL import Image as PILImage
 
     quality = _level([80, 65, 58, 50, 40], level)
@@ -240,6 +280,10 @@ def jpeg(x: Image, level: int, rng: Rng) -> np.ndarray:
 
 
 def pixelate(x: Image, level: int, rng: Rng) -> np.ndarray:
+    """CIFAR-10-C pixelate: box-downsampled and box-upsampled (PIL).
+
+    x: uint8 H×W×3 RGB; level 1..5; returns H×W×3 in [0, 255].
+    """
     from PIL import Image as PILImage
 
     c = _level([0.95, 0.9, 0.85, 0.75, 0.65], level)
