@@ -747,5 +747,77 @@ def attack_measure(
             tmp.write_text(m.to_json())
 
 
+
+@app.command()
+@_cli_errors
+def scan(
+    file: Annotated[Path, typer.Argument(help="A distilled set (.safetensors).")],
+    detectors: Annotated[str, typer.Option(help="Comma-separated: neural-cleanse,activation-clustering,"
+                                                "spectral-signatures.")] =
+        "neural-cleanse,activation-clustering,spectral-signatures",
+    model: Annotated[str, typer.Option(help="Network trained on the set (ConvNet-3 of width 32: fast on a CPU).")] =
+        "convnet-w32",
+    epochs: Annotated[int, typer.Option(help="Its training epochs.")] = 100,
+    augment: Annotated[bool, typer.Option(help="Train it with DSA augmentation.")] = False,
+    nc_epochs: Annotated[int, typer.Option(help="Neural Cleanse epochs per class.")] = 60,
+    threshold: Annotated[float, typer.Option(help="Neural Cleanse's anomaly-index threshold.")] = 2.0,
+    clean_data: Annotated[str | None, typer.Option(help="Flip real test images of this dataset in Neural Cleanse "
+                                                        "instead of the set's own images.")] = None,
+    clean_images: Annotated[int, typer.Option(help="How many (class-balanced) with --clean-data.")] = 500,
+    expected_poison: Annotated[float, typer.Option(help="Spectral signatures' assumed poisoned share.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result as JSON.")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder searched first for --clean-data.")] = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download --clean-data if no copy is found.")] = False,
+    pubkey: Annotated[Path | None, typer.Option(help="Require a valid signature by this public key.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+):
+    """Score how likely a set carries a backdoor: Neural Cleanse, activation clustering, spectral signatures."""
+    from ddkit.artifact import DistilledSet
+    from ddkit.backdoor_scan import scan as run_scan
+    from ddkit.utils import atomic_path, check_writable
+
+    if json_out is not None:
+        check_writable(json_out)
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such file (give a distilled set, .safetensors)")
+    res = run_scan(DistilledSet.load(file, public_key=pubkey),
+                   detectors=tuple(d.strip() for d in detectors.split(",") if d.strip()), model=model, epochs=epochs,
+                   augment=augment, nc_epochs=nc_epochs, threshold=threshold, clean_data=clean_data,
+                   clean_images=clean_images, expected_poison=expected_poison, seed=seed, device=device,
+                   data_root=data_root, download=download, progress=not quiet)
+    res.file = str(file)
+    det = res.detectors
+    if "neural-cleanse" in det:
+        nc = det["neural-cleanse"]
+        table = Table(title=f"Neural Cleanse ({nc['inputs']}): reversed-mask L1 norm and MAD anomaly index")
+        for col in ("class", "mask L1", "anomaly index", "attack success", "flagged"):
+            table.add_column(col)
+        for k, (n, a, s) in enumerate(zip(nc["norms"], nc["anomaly_index"], nc["success"], strict=True)):
+            table.add_row(str(k), f"{n:.1f}", f"{a:.2f}", f"{100 * s:.0f} %", "yes" if k in nc["flagged"] else "")
+        out.print(table)
+    for name in ("activation-clustering", "spectral-signatures"):
+        if name in det:
+            r = det[name]
+            table = Table(title=f"{name} (the set's own images)")
+            for col in ("class", "score", "suspicious images", "flagged"):
+                table.add_column(col)
+            for row in r["per_class"]:
+                score = f"silhouette {row['silhouette']:.3f}, clusters {row['cluster_sizes']}" \
+                    if name == "activation-clustering" else f"max z {row['max_z']}"
+                table.add_row(str(row["class"]), score, str(len(row["suspicious"])), "yes" if row["flagged"] else "")
+            out.print(table)
+    v = res.verdict
+    out.print(f"verdict: {'SUSPICIOUS' if v['suspicious'] else 'no backdoor found'} ({v['rule']}; "
+              f"score {v['score']}, threshold {v['threshold']}); flags: "
+              + ", ".join(f"{k} {'yes' if f else 'no'}" for k, f in v["flags"].items())
+              + f" ({res.seconds['total']} s)")
+    if json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(res.to_json())
+        out.print(f"wrote {json_out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
