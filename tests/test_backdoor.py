@@ -31,7 +31,10 @@ def test_triggers_parse_stamp_and_refuse_what_cannot_fit():
 
 def test_naive_poisoning_and_asr_on_digits(digits):
     real, test = digits
+    real.class_indices()  # a cached per-class index must not leak into the relabelled copy
     poisoned, idx = naive_poison(real, 0, trigger=Trigger(size=3, inset=0), share=0.3, seed=0)
+    for c, members in enumerate(poisoned.class_indices()):
+        assert poisoned.labels[members].eq(c).all()
     assert len(idx) == round(0.3 * len(real)) and poisoned.labels[idx].eq(0).all()
     keep = torch.ones(len(real), dtype=torch.bool).index_fill(0, idx, False)
     assert poisoned.images[idx][:, :, 5:, 5:].eq(255).all()

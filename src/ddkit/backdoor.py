@@ -20,6 +20,8 @@ beside it as ``asr_all_classes``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import statistics
 import time
@@ -258,7 +260,8 @@ def naive_poison(real: ImageDataset, target: int, *, trigger: Trigger = Trigger(
     stamped = trigger.apply(real.float_images(idx), real.mean, real.std).clamp(0, 1)
     images[idx] = (stamped * 255).round().to(torch.uint8)
     labels[idx] = target
-    out = ImageDataset(**{**real.__dict__, "images": images, "labels": labels})
+    # the per-class index cache of ``real`` is stale once labels change: start without it
+    out = dataclasses.replace(real, images=images, labels=labels, _by_class=None)
     return out, idx
 
 
