@@ -558,6 +558,10 @@ def audit(
     test_images: Annotated[int, typer.Option(help="Test images for the robustness part.")] = 1000,
     full_baseline: Annotated[bool, typer.Option(help="Also train on the full real training set.")] = False,
     baseline_epochs: Annotated[int, typer.Option(help="Epochs of the full-data baseline.")] = 20,
+    autoattack: Annotated[bool, typer.Option(help="Also run AutoAttack (L∞, standard version; slow) at each ε.")] =
+        False,
+    art_mia: Annotated[bool, typer.Option(help="Also run ART's membership attacks (rule-based, black-box) as a "
+                                               "cross-check.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     data_root: Annotated[Path | None, typer.Option(help="Folder searched first for the data.")] = None,
@@ -582,11 +586,17 @@ def audit(
                     model=model, runs=runs, epochs=epochs, shadows=shadows, shadow_epochs=shadow_epochs,
                     examples=examples, eps=eps_values, corruptions=corr, test_images=test_images,
                     full_baseline=full_baseline, baseline_epochs=baseline_epochs, seed=seed, device=device,
-                    data_root=data_root, download=download)
+                    data_root=data_root, download=download,
+                    attacks=("fgsm", "pgd", "autoattack") if autoattack else ("fgsm", "pgd"), art_mia=art_mia)
     js, page = write_report(res, out_dir)
     if "privacy" in res:
         m = res["privacy"]["distilled"]["threshold"]
         out.print(f"membership inference (threshold): AUC {m['auc']:.3f}, TPR@1% FPR {m['tpr_at_1pct_fpr']:.3f}")
+        for name in ("art_rule_based", "art_black_box"):
+            if name in res["privacy"]["distilled"]:
+                a = res["privacy"]["distilled"][name]
+                out.print(f"membership inference ({name}): AUC {a['auc']:.3f}, balanced accuracy "
+                          f"{a['balanced_accuracy']:.3f}")
     if "robustness" in res:
         r = res["robustness"]["distilled"]
         out.print(f"robustness: clean {100 * r['clean']:.2f} %, " + ", ".join(

@@ -12,6 +12,13 @@ whether its outputs still tell the members from the pool.
   distribution (members are never in a shadow's data, so every shadow is OUT for them).
 
 Both are scored on ``examples`` members and as many pool images, drawn with the seed.
+
+* optionally (``art=True``), the adversarial-robustness-toolbox's membership attacks as a
+  cross-check (:func:`art_membership`): ``MembershipInferenceBlackBoxRuleBased`` (member
+  when the network classifies the example correctly) and ``MembershipInferenceBlackBox``
+  (an attack model, a random forest here, trained on the network's probability vectors and
+  labels of a seeded half of the audited members and non-members), both scored on the other
+  half.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from ddkit.audit.mia import attack_metrics, logit_confidence
 from ddkit.data import ImageDataset
 from ddkit.errors import ConfigError
 
-__all__ = ["member_split", "membership_audit"]
+__all__ = ["art_membership", "member_split", "membership_audit"]
 
 
 def member_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,9 +59,88 @@ def _scores(nets, images: torch.Tensor, labels: torch.Tensor, normalize) -> np.n
     return np.mean(out, axis=0)
 
 
+def _art_split(is_member: np.ndarray, seed: int) -> np.ndarray:
+    """Bool (N,): the examples ART's black-box attack model is fitted on (a seeded half of
+    the members and of the non-members); the others are scored."""
+    rng = np.random.default_rng(seed)
+    fit = np.zeros(len(is_member), bool)
+    for side in (is_member, ~is_member):
+        idx = np.flatnonzero(side)
+        fit[rng.permutation(idx)[: len(idx) // 2]] = True
+    return fit
+
+
+def art_membership(nets, images: torch.Tensor, labels: torch.Tensor, is_member: np.ndarray, normalize,
+                   num_classes: int, *, seed: int = 0) -> dict[str, Any]:
+    """ART's black-box membership attacks against networks, beside ddkit's own.
+
+    For each network (wrapped in ART's ``PyTorchClassifier`` on standardised input):
+    ``MembershipInferenceBlackBoxRuleBased`` (Shokri et al.'s baseline as ART implements it:
+    member iff correctly classified) and ``MembershipInferenceBlackBox`` with
+    ``input_type="prediction"`` and a random-forest attack model, fitted on a seeded half of
+    the examples (members and non-members each halved) and scored, like the rule, on the
+    other half. Metrics (:func:`ddkit.audit.mia.attack_metrics`) from the rule's 0/1 output
+    and the forest's membership probability; mean over the networks.
+
+    Args:
+        nets: trained networks taking standardised N×C×H×W input. images: pixel-space
+            N×C×H×W float in [0, 1]; labels: int64 (N,) in 0..K−1. is_member: bool (N,),
+            with at least 2 members and 2 non-members. normalize: pixels → network input.
+        num_classes: K. seed: the split, and NumPy's generator for the forest.
+
+    Returns:
+        ``{"art_rule_based": metrics, "art_black_box": metrics, "art_examples": n scored,
+        "art_attack_train": n fitted}`` (metrics as dicts, means over the networks).
+
+    Raises:
+        ConfigError: shapes disagree, or fewer than 2 members or non-members.
+    """
+    from art.attacks.inference.membership_inference import (
+        MembershipInferenceBlackBox,
+        MembershipInferenceBlackBoxRuleBased,
+    )
+    from art.estimators.classification import PyTorchClassifier
+
+    is_member = np.asarray(is_member, bool)
+    if images.shape[0] != labels.shape[0] or is_member.shape != (labels.shape[0],):
+        raise ConfigError(f"ART membership attacks: {images.shape[0]} images, {labels.shape[0]} labels and "
+                          f"{is_member.shape} membership flags do not match")
+    if min(int(is_member.sum()), int((~is_member).sum())) < 2:
+        raise ConfigError("ART membership attacks need at least 2 members and 2 non-members")
+    fit = _art_split(is_member, seed)
+    dev0 = next(nets[0].parameters()).device
+    with torch.no_grad():
+        x = torch.cat([normalize(images[s:s + 500].to(dev0)).cpu() for s in range(0, images.shape[0], 500)]).numpy()
+    y = np.eye(num_classes, dtype=np.float32)[labels.cpu().numpy()]
+    test = ~fit
+    rows: dict[str, list[dict[str, Any]]] = {"art_rule_based": [], "art_black_box": []}
+    for net in nets:
+        dev = next(net.parameters()).device
+        was = net.training
+        net.eval()
+        clf = PyTorchClassifier(model=net, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                nb_classes=num_classes, device_type="gpu" if dev.type == "cuda" else "cpu")
+        rule = MembershipInferenceBlackBoxRuleBased(clf).infer(x[test], y[test]).reshape(-1)
+        rows["art_rule_based"].append(vars(attack_metrics(rule.astype(float), is_member[test])))
+        np.random.seed(seed)
+        bb = MembershipInferenceBlackBox(clf, input_type="prediction", attack_model_type="rf")
+        fm = fit & is_member
+        fn = fit & ~is_member
+        bb.fit(x[fm], y[fm], x[fn], y[fn])
+        prob = bb.infer(x[test], y[test], probabilities=True).reshape(len(x[test]), -1)[:, -1]
+        rows["art_black_box"].append(vars(attack_metrics(prob.astype(float), is_member[test])))
+        net.train(was)
+    out: dict[str, Any] = {name: {key: float(np.mean([r[key] for r in rs])) for key in rs[0]}
+                           for name, rs in rows.items()}
+    for rs in out.values():
+        rs["members"], rs["non_members"] = int(rs["members"]), int(rs["non_members"])
+    out["art_examples"], out["art_attack_train"] = int(test.sum()), int(fit.sum())
+    return out
+
+
 def membership_audit(ds: DistilledSet, real: ImageDataset, nets, normalize, *, examples: int = 2000,
                      shadows: int = 0, shadow_epochs: int = 100, seed: int = 0, device: Any = "cpu",
-                     iterations: int | None = None) -> dict[str, Any]:
+                     iterations: int | None = None, art: bool = False) -> dict[str, Any]:
     """Threshold attack and (with ``shadows``) LiRA offline against networks trained on ``ds``.
 
     Args:
@@ -62,10 +148,12 @@ def membership_audit(ds: DistilledSet, real: ImageDataset, nets, normalize, *, e
             target networks (their scores are averaged). normalize: pixels → network input.
         examples: members and pool images audited (each). shadows: shadow pipelines (0: none).
         shadow_epochs: epochs of each shadow network. iterations: the shadows' distillation
-            budget (default: the set's own ``extra["iterations"]``).
+            budget (default: the set's own ``extra["iterations"]``). art: also run ART's
+            membership attacks (:func:`art_membership`).
 
     Returns:
-        ``{"threshold": metrics, "lira_offline": metrics or None, "roc": {...}, settings...}``.
+        ``{"threshold": metrics, "lira_offline": metrics or None, "roc": {...}, settings...}``;
+        with ``art``, also ``art_rule_based`` and ``art_black_box`` metrics.
 
     Raises:
         ConfigError: the set has no audit split, or it does not match ``real``.
@@ -92,6 +180,8 @@ def membership_audit(ds: DistilledSet, real: ImageDataset, nets, normalize, *, e
     result: dict[str, Any] = {"threshold": vars(attack_metrics(target, is_member)), "lira_offline": None,
                               "examples": int(len(idx)), "shadows": shadows}
     roc = {"threshold": _roc(target, is_member)}
+    if art:
+        result.update(art_membership(nets, images, labels, is_member, normalize, len(real.class_names), seed=seed))
     if shadows > 0:
         cfg = dict(ds.config)
         its = iterations if iterations is not None else ds.extra.get("iterations")

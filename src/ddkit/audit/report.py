@@ -6,7 +6,9 @@ subset of the set's size (drawn from the members when the set has an audit split
 with ``full_baseline``, on the full real training set (``baseline_epochs``). Each part:
 
 * privacy (:mod:`ddkit.audit.privacy`): threshold attack and LiRA offline (``shadows``);
-* robustness (:mod:`ddkit.audit.robustness`): clean, FGSM/PGD accuracy per ε, corruption
+  with ``art_mia``, ART's rule-based and black-box membership attacks beside them;
+* robustness (:mod:`ddkit.audit.robustness`): clean, FGSM/PGD (and, when ``attacks``
+  includes ``autoattack``, AutoAttack) accuracy per ε, corruption
   accuracy per corruption and severity on ``test_images`` test images (``glass_blur`` takes
   ~12 s per image in imagecorruptions and is left out unless listed);
 * fairness (:mod:`ddkit.audit.fairness`): per-class figures, against the full-data networks
@@ -31,7 +33,7 @@ import torch
 
 from ddkit.artifact import DistilledSet
 from ddkit.audit.fairness import fairness
-from ddkit.audit.robustness import CORRUPTIONS, adversarial_accuracy, corruption_accuracy
+from ddkit.audit.robustness import ATTACKS, CORRUPTIONS, adversarial_accuracy, corruption_accuracy
 from ddkit.errors import ConfigError
 from ddkit.utils import atomic_path
 
@@ -57,8 +59,11 @@ def audit(distilled: DistilledSet | str | Path, *, parts: tuple[str, ...] = PART
           eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255), corruptions: tuple[str, ...] = DEFAULT_CORRUPTIONS,
           severities: tuple[int, ...] = (1, 2, 3, 4, 5), test_images: int = 1000, full_baseline: bool = False,
           baseline_epochs: int = 20, seed: int = 0, device: str | torch.device = "auto",
-          data_root: str | Path | None = None, download: bool = False) -> dict[str, Any]:
+          data_root: str | Path | None = None, download: bool = False, art_mia: bool = False) -> dict[str, Any]:
     """Audit a distilled set (see the module docstring); returns the JSON-ready result.
+
+    ``attacks``: a subset of ``fgsm``, ``pgd``, ``autoattack`` (slow: off by default).
+    ``art_mia``: ART's membership attacks beside the threshold attack and LiRA.
 
     Raises:
         ConfigError: an unknown part, privacy asked for a set without an audit split, an
@@ -79,7 +84,7 @@ def audit(distilled: DistilledSet | str | Path, *, parts: tuple[str, ...] = PART
                           "SEED); audit the other parts with --parts robustness,fairness")
     if any(not 0 < e <= 1 for e in eps):
         raise ConfigError(f"ε must be in (0, 1] pixel units, got {list(eps)}")
-    bad_attacks = [a for a in attacks if a not in ("fgsm", "pgd")]
+    bad_attacks = [a for a in attacks if a not in ATTACKS]
     bad_corr = [c for c in corruptions if c not in CORRUPTIONS]
     if bad_attacks or bad_corr:
         raise ConfigError(f"unknown attacks {bad_attacks} / corruptions {bad_corr}")
@@ -113,7 +118,8 @@ def audit(distilled: DistilledSet | str | Path, *, parts: tuple[str, ...] = PART
                                            "attacks": list(attacks), "eps": list(eps),
                                            "corruptions": list(corruptions), "severities": list(severities),
                                            "test_images": test_images, "full_baseline": full_baseline,
-                                           "baseline_epochs": baseline_epochs, "seed": seed},
+                                           "baseline_epochs": baseline_epochs, "seed": seed,
+                                           "art_mia": art_mia},
                               "baselines": sorted(base)}
     if "privacy" in parts:
         from ddkit.audit.privacy import membership_audit
@@ -121,10 +127,12 @@ def audit(distilled: DistilledSet | str | Path, *, parts: tuple[str, ...] = PART
         t0 = time.perf_counter()
         result["privacy"] = {"distilled": membership_audit(ds, real, target.networks, target.normalize,
                                                            examples=examples, shadows=shadows,
-                                                           shadow_epochs=shadow_epochs, seed=seed, device=device)}
+                                                           shadow_epochs=shadow_epochs, seed=seed, device=device,
+                                                           art=art_mia)}
         rnd_audit = DistilledSet(**{**rnd.__dict__, "extra": {"audit_split": ds.extra["audit_split"]}})
         result["privacy"]["random"] = membership_audit(rnd_audit, real, base["random"].networks,
-                                                       base["random"].normalize, examples=examples, seed=seed)
+                                                       base["random"].normalize, examples=examples, seed=seed,
+                                                       art=art_mia)
         timings["privacy"] = round(time.perf_counter() - t0, 2)
     sub = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:test_images])
     if "robustness" in parts:
@@ -233,8 +241,8 @@ def write_report(res: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
         rows = "".join(f"<tr><td>{html.escape(who)}</td><td>{html.escape(a)}</td><td>{m['auc']:.4f}</td>"
                        f"<td>{m['balanced_accuracy']:.4f}</td><td>{m['tpr_at_0_1pct_fpr']:.4f}</td>"
                        f"<td>{m['tpr_at_1pct_fpr']:.4f}</td></tr>"
-                       for who, r in res["privacy"].items() for a in ("threshold", "lira_offline")
-                       if (m := r.get(a)))
+                       for who, r in res["privacy"].items()
+                       for a in ("threshold", "lira_offline", "art_rule_based", "art_black_box") if (m := r.get(a)))
         parts.append("<h2>Privacy: membership inference</h2><table border=1 cellpadding=4><tr><th>networks</th>"
                      "<th>attack</th><th>ROC AUC</th><th>balanced acc.</th><th>TPR@0.1% FPR</th>"
                      f"<th>TPR@1% FPR</th></tr>{rows}</table>")

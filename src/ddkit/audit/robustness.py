@@ -2,8 +2,11 @@
 
 * Adversarial accuracy (the trust study's protocol): torchattacks' FGSM and PGD, L∞,
   ε ∈ {2, 4, 8}/255 by default (MNIST convention ε ∈ {0.1, 0.3} as an option), PGD with 10
-  steps of α = ε/4 and a random start. Networks take standardised input, so the attacks run
-  in pixel space [0, 1] with ``set_normalization_used(mean, std)``.
+  steps of α = ε/4 and a random start; optionally AutoAttack (Croce & Hein, ICML 2020;
+  torchattacks' ``AutoAttack``, L∞, ``version="standard"``: APGD-CE, APGD-T, FAB-T, Square
+  with 5000 queries — slow, so off unless asked for; DD-RobustBench runs it at
+  ε ∈ {1, 2, 3, 4}/255). Networks take standardised input, so the attacks run in pixel space
+  [0, 1] with ``set_normalization_used(mean, std)``.
 * Corruption accuracy: the 15 common corruptions of Hendrycks & Dietterich (ICLR 2019) at
   severities 1–5, from ``imagecorruptions-imaug`` (the maintained fork of
   ``imagecorruptions``). It takes H×W×3 uint8 images of at least 32 px: grey images are
@@ -21,7 +24,7 @@ from ddkit.errors import ConfigError
 
 __all__ = ["ATTACKS", "CORRUPTIONS", "adversarial_accuracy", "corrupt_images", "corruption_accuracy"]
 
-ATTACKS = ("fgsm", "pgd")
+ATTACKS = ("fgsm", "pgd", "autoattack")
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
                "jpeg_compression")
@@ -35,8 +38,9 @@ def adversarial_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Ten
     Args:
         net: takes standardised N×C×H×W input. images: float [0, 1] (or uint8) N×C×H×W;
             labels: int64 (N,). mean, std: the standardisation (per channel, pixel units).
-        attack: ``fgsm`` or ``pgd`` (L∞, ``steps`` steps of ε/4, random start). eps: ε in
-            pixel units (0 < ε ≤ 1).
+        attack: ``fgsm``, ``pgd`` (L∞, ``steps`` steps of ε/4, random start) or
+            ``autoattack`` (L∞ standard version, ``seed`` passed on; ``steps`` unused). eps: ε
+            in pixel units (0 < ε ≤ 1).
 
     Raises:
         ConfigError: unknown attack, ε out of (0, 1], steps < 1.
@@ -44,7 +48,7 @@ def adversarial_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Ten
     import torchattacks
 
     if attack not in ATTACKS:
-        raise ConfigError(f"unknown attack {attack!r}; use {' or '.join(ATTACKS)}")
+        raise ConfigError(f"unknown attack {attack!r}; use {', '.join(ATTACKS)}")
     if not 0 < eps <= 1:
         raise ConfigError(f"ε must be in (0, 1] pixel units (e.g. 8/255 ≈ 0.031, MNIST 0.3), got {eps}")
     if steps < 1:
@@ -52,8 +56,14 @@ def adversarial_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Ten
     dev = next(net.parameters()).device
     was = net.training
     net.eval()
-    atk = torchattacks.FGSM(net, eps=eps) if attack == "fgsm" else \
-        torchattacks.PGD(net, eps=eps, alpha=eps / 4, steps=steps, random_start=True)
+    if attack == "fgsm":
+        atk = torchattacks.FGSM(net, eps=eps)
+    elif attack == "pgd":
+        atk = torchattacks.PGD(net, eps=eps, alpha=eps / 4, steps=steps, random_start=True)
+    else:
+        with torch.no_grad():
+            k = int(net(torch.zeros((1, *images.shape[1:]), device=dev)).shape[1])
+        atk = torchattacks.AutoAttack(net, norm="Linf", eps=eps, version="standard", n_classes=k, seed=seed)
     atk.set_normalization_used(mean=list(mean), std=list(std))
     torch.manual_seed(seed)
     correct = 0
