@@ -1,0 +1,128 @@
+"""Cross-architecture table: DM and MTT sets over seven architectures, plain and with ELF,
+beside a random real subset of the same size (issue 13's benchmark).
+
+    .venv/bin/python bench/cross_arch.py --method dm --iterations 150 --runs 2 --epochs 300
+    .venv/bin/python bench/cross_arch.py --method mtt --iterations 20 --runs 2 --epochs 300
+
+One invocation distils (or reuses from ``bench/cache/``) one set, runs
+:func:`ddkit.evaluate.cross.evaluate_models` on it — the same code as
+``ddkit evaluate SET --models ... --baseline random --elf`` — and adds (or replaces) the
+method's block in ``bench/results/cross_arch.{json,md}``. Every block records the set's
+budget, the evaluation protocol and its settings per architecture, the ELF teacher's
+settings, wall-clock times, CPU model, threads and the load average before and after.
+MTT's expert buffer is built as ``bench/accuracy.py`` builds it (``--mtt-experts``,
+``--mtt-epochs``, ``--mtt-train-subset``), once, into ``bench/cache/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import ddkit
+from ddkit.evaluate.cross import evaluate_models
+from ddkit.evaluate.elf import ELFConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import CACHE, machine, prerequisites, short_cpu  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "cross_arch"
+MODELS = ["convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18", "resnet18-bn"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--method", required=True, choices=["dm", "mtt"])
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--iterations", type=int, required=True)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the protocol's (1000 for dsa)")
+    ap.add_argument("--no-elf", action="store_true")
+    ap.add_argument("--elf-teacher-epochs", type=int, default=ELFConfig().teacher_epochs)
+    ap.add_argument("--mtt-experts", type=int, default=2)
+    ap.add_argument("--mtt-epochs", type=int, default=4)
+    ap.add_argument("--mtt-train-subset", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    args.mtt_batch_syn = None
+    real = ddkit.load_dataset(args.dataset, "train")
+    test = ddkit.load_dataset(args.dataset, "test")
+    load0 = os.getloadavg()
+    config, prereq_wall, _ = prerequisites(args.method, args.dataset, real, args, {})
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{args.dataset}-{args.method}-ipc{args.ipc}-it{args.iterations}-s{args.seed}.safetensors"
+    t0 = time.perf_counter()
+    if path.exists():
+        ds = ddkit.DistilledSet.load(path)
+    else:
+        ds = ddkit.distill(real, args.method, args.ipc, iterations=args.iterations, config=config, seed=args.seed,
+                           progress=False)
+        ds.save(path)
+    t_distil = time.perf_counter() - t0 if not ds.extra.get("seconds") else ds.extra["seconds"]
+    elf = None if args.no_elf else ELFConfig(teacher_epochs=args.elf_teacher_epochs)
+    res = evaluate_models(ds, args.models.split(","), baseline="random", runs=args.runs, epochs=args.epochs,
+                          seed=args.seed, test=test, train=real, progress=True, elf=elf)
+    block = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "iterations": args.iterations,
+             "seed": args.seed, "config": ds.config,
+             "prerequisite_seconds": round(prereq_wall, 1), "distill_seconds": round(t_distil, 1),
+             "elf_config": elf.model_dump() if elf else None, "result": json.loads(res.to_json()),
+             "table": [list(r) for r in res.table()], "columns": res.columns(),
+             "command": "bench/cross_arch.py " + shlex.join(sys.argv[1:]),
+             "load_average_before": load0, "load_average_after": os.getloadavg(), "machine": machine(),
+             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    js = OUT.with_suffix(".json")
+    blocks = json.loads(js.read_text())["blocks"] if js.exists() else []
+    blocks = [b for b in blocks if (b["dataset"], b["method"], b["ipc"]) != (args.dataset, args.method, args.ipc)]
+    blocks.append(block)
+    js.parent.mkdir(parents=True, exist_ok=True)
+    js.write_text(json.dumps({"blocks": blocks}, indent=2))
+    OUT.with_suffix(".md").write_text(render(blocks))
+    print(OUT.with_suffix(".md").read_text())
+
+
+def render(blocks: list[dict]) -> str:
+    lines = ["# Cross-architecture evaluation, plain and with ELF, beside a random real subset", "",
+             "Written by `bench/cross_arch.py` (one block per distillation method; the command of each is under "
+             "its table). Each cell: mean ± population std of test accuracy (%) over the networks, each scored "
+             "after its last epoch on the full test set; the random subset has the set's IPC, is drawn with "
+             "the same seed and is trained the same way. ELF (evaluation with distillation features; Zhao et al., "
+             "arXiv 2312.05598) applies where "
+             "the architecture has a split point (ConvNet, VGG-11, ResNet-18); its teacher is ddkit's reduced "
+             "default (settings below), not the authors' width-512 ConvNet trained 100 epochs on the full set.",
+             ""]
+    for b in sorted(blocks, key=lambda b: (b["dataset"], b["ipc"], b["method"])):
+        r = b["result"]
+        first = r["rows"][0]["distilled"]
+        load = f"{b['load_average_before'][0]:.1f}→{b['load_average_after'][0]:.1f}"
+        lines += [f"## {b['dataset']}, {b['method']} IPC {b['ipc']} ({b['iterations']} iterations)", "",
+                  "| " + " | ".join(b["columns"]) + " |", "|" + "---|" * len(b["columns"])]
+        lines += ["| " + " | ".join(row) + " |" for row in b["table"]]
+        elf = b["elf_config"]
+        lines += ["", f"- Command: `.venv/bin/python {b['command']}` ({b['date']}).",
+                  f"- Evaluation: protocol `{first['protocol']}`, {first['runs']} networks × {first['epochs']} "
+                  f"epochs per architecture and per column (the protocol's full length is 1000 epochs: "
+                  f"{'reduced for CPU time' if first['epochs'] < 1000 else 'full'}).",
+                  f"- Set: {b['method']} for {b['iterations']} iterations (seed {b['seed']}); "
+                  f"distilled in {b['distill_seconds']:.0f} s"
+                  + (f", after a prerequisite (MTT expert buffer) of {b['prerequisite_seconds']:.0f} s"
+                     if b["prerequisite_seconds"] else "") + ".",
+                  (f"- ELF teacher: {elf['teacher_model']}, {elf['teacher_epochs']} epochs on "
+                   f"{elf['teacher_subset'] or 'all'} images per class; feature loss {elf['feature_loss']}, "
+                   f"mode {elf['mode']}." if elf else "- ELF not run."),
+                  f"- Time: {r['seconds'] / 60:.0f} min for the whole table; {short_cpu(b['machine']['cpu'])}, "
+                  f"{b['threads']} threads, load average {load}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
