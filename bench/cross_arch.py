@@ -70,13 +70,26 @@ def main() -> None:
         ds.save(path)
     t_distil = time.perf_counter() - t0 if not ds.extra.get("seconds") else ds.extra["seconds"]
     elf = None if args.no_elf else ELFConfig(teacher_epochs=args.elf_teacher_epochs)
-    res = evaluate_models(ds, args.models.split(","), baseline="random", runs=args.runs, epochs=args.epochs,
-                          seed=args.seed, test=test, train=real, progress=True, elf=elf)
+    res = None
+    for name in args.models.split(","):  # one architecture at a time, the table saved after each
+        one = evaluate_models(ds, [name], baseline="random", runs=args.runs, epochs=args.epochs, seed=args.seed,
+                              test=test, train=real, progress=True, elf=elf)
+        if res is None:
+            res = one
+        else:
+            res.rows += one.rows
+            res.seconds = round(res.seconds + one.seconds, 2)
+        save(args, ds, config, prereq_wall, t_distil, elf, res, load0)
+    print(OUT.with_suffix(".md").read_text())
+
+
+def save(args, ds, config, prereq_wall, t_distil, elf, res, load0) -> None:
+    """Add (or replace) this method's block in cross_arch.{json,md}."""
     block = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "iterations": args.iterations,
-             "seed": args.seed, "config": ds.config,
-             "prerequisite_seconds": round(prereq_wall, 1), "distill_seconds": round(t_distil, 1),
-             "elf_config": elf.model_dump() if elf else None, "result": json.loads(res.to_json()),
-             "table": [list(r) for r in res.table()], "columns": res.columns(),
+             "seed": args.seed, "config": ds.config, "prerequisite_seconds": round(prereq_wall, 1),
+             "distill_seconds": round(t_distil, 1), "elf_config": elf.model_dump() if elf else None,
+             "result": json.loads(res.to_json()), "table": [list(r) for r in res.table()],
+             "columns": res.columns(), "models_asked": args.models.split(","),
              "command": "bench/cross_arch.py " + shlex.join(sys.argv[1:]),
              "load_average_before": load0, "load_average_after": os.getloadavg(), "machine": machine(),
              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
@@ -87,7 +100,6 @@ def main() -> None:
     js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps({"blocks": blocks}, indent=2))
     OUT.with_suffix(".md").write_text(render(blocks))
-    print(OUT.with_suffix(".md").read_text())
 
 
 def render(blocks: list[dict]) -> str:
@@ -107,9 +119,13 @@ def render(blocks: list[dict]) -> str:
         lines += [f"## {b['dataset']}, {b['method']} IPC {b['ipc']} ({b['iterations']} iterations)", "",
                   "| " + " | ".join(b["columns"]) + " |", "|" + "---|" * len(b["columns"])]
         lines += ["| " + " | ".join(row) + " |" for row in b["table"]]
+        done = {row[0] for row in b["table"]}
+        lines += [f"| {m} | not run yet | | |" + (" | |" if b["elf_config"] else "")
+                  for m in b.get("models_asked", []) if m not in done]
         elf = b["elf_config"]
         lines += ["", f"- Command: `.venv/bin/python {b['command']}` ({b['date']}).",
-                  f"- Evaluation: protocol `{first['protocol']}`, {first['runs']} networks × {first['epochs']} "
+                  f"- Evaluation: protocol `{first['settings'].get('name', first['protocol'])}` (settings in "
+                  f"cross_arch.json), {first['runs']} networks × {first['epochs']} "
                   f"epochs per architecture and per column (the protocol's full length is 1000 epochs: "
                   f"{'reduced for CPU time' if first['epochs'] < 1000 else 'full'}).",
                   f"- Set: {b['method']} for {b['iterations']} iterations (seed {b['seed']}); "
@@ -119,7 +135,7 @@ def render(blocks: list[dict]) -> str:
                   (f"- ELF teacher: {elf['teacher_model']}, {elf['teacher_epochs']} epochs on "
                    f"{elf['teacher_subset'] or 'all'} images per class; feature loss {elf['feature_loss']}, "
                    f"mode {elf['mode']}." if elf else "- ELF not run."),
-                  f"- Time: {r['seconds'] / 60:.0f} min for the whole table; {short_cpu(b['machine']['cpu'])}, "
+                  f"- Time: {r['seconds'] / 60:.0f} min for the rows above; {short_cpu(b['machine']['cpu'])}, "
                   f"{b['threads']} threads, load average {load}.", ""]
     return "\n".join(lines)
 
