@@ -83,7 +83,7 @@ def test_compile_auto_decides_by_budget_and_compiler_and_says_why(digits, monkey
     assert fm.decide_compile(True, 1, cpu) == (True, "set explicitly")
     assert fm.decide_compile(False, 10**6, cpu)[0] is False
     assert fm.decide_compile("auto", 199, cpu)[0] is False and "199" in fm.decide_compile("auto", 199, cpu)[1]
-    monkeypatch.setattr(fm.shutil, "which", lambda name: None)
+    monkeypatch.setattr(ddkit.utils.shutil, "which", lambda name: None)
     used, why = fm.decide_compile("auto", 20_000, cpu)
     assert not used and "no compiler" in why
     real, _ = digits

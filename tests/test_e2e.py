@@ -15,8 +15,9 @@ def test_dm_ipc10_fashion_mnist_beats_chance_clearly(fmnist, tmp_path):
                         progress=False)
     assert syn.images.shape == (100, 1, 28, 28) and syn.labels.bincount().tolist() == [10] * 10
     syn.save(tmp_path / "dm.safetensors")
+    # ConvNet-3 of width 32: the protocol's network shape at 1/16 of its convolution cost
     result = ddkit.evaluate(tmp_path / "dm.safetensors", runs=2, epochs=60, augment=False, device="cpu",
-                            test=test.per_class_subset(200, seed=1))
+                            model="convnet-w32", test=test.per_class_subset(200, seed=1))
     assert result.runs == 2 and len(result.accuracies) == 2
     assert result.mean > 0.5, result  # chance is 0.10
 
@@ -25,7 +26,8 @@ def test_mnist_random_and_dm_resume(mnist, tmp_path):
     train, test = mnist
     real = train.per_class_subset(300, seed=0)
     rnd = ddkit.distill(real, "random", 10, seed=0, progress=False)
-    acc = ddkit.evaluate(rnd, runs=1, epochs=60, augment=False, device="cpu", test=test.per_class_subset(200, seed=1))
+    acc = ddkit.evaluate(rnd, runs=1, epochs=60, augment=False, device="cpu", model="convnet-w32",
+                         test=test.per_class_subset(200, seed=1))
     assert acc.mean > 0.6
     cfg = {"batch_real": 32, "checkpoint_every": 2}
     whole = ddkit.distill(real, "dm", 1, iterations=4, config=cfg, seed=3, device="cpu", progress=False)

@@ -75,3 +75,28 @@ def test_confusion_and_per_class_accuracy(data):
     assert acc == pytest.approx(float(conf.trace()) / len(test)) and acc > 0.25  # chance: 0.1
     assert torch.equal(predict(net, test.images, test.normalize), predict(net, test.images, test.normalize))
     assert net.training  # left in train mode
+
+
+def test_compiled_training_is_the_eager_run_up_to_rounding(data, digits):
+    """compile=True trains the same network as eager (inductor's fused kernels round
+    differently in the last digits); evaluation records the decision and its reason."""
+    import ddkit
+    from ddkit.utils import decide_compile
+
+    x, y, _ = data
+    a, b = _net(), _net()
+    cfg = TrainConfig(epochs=3)  # one batch of the 100 images: one compiled graph for the whole test
+    train_model(a, x, y, cfg, generator=torch.Generator().manual_seed(1))
+    train_model(b, x, y, cfg, generator=torch.Generator().manual_seed(1), compile=True)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    real, test = digits
+    ds = ddkit.distill(real, "random", 10, seed=0, progress=False)
+    on = ddkit.train_networks(ds, model="convnet-w32", runs=1, epochs=2, device="cpu", compile=True)
+    assert on.settings["compiled"] == {"used": True, "reason": "set explicitly"}
+    auto = ddkit.train_networks(ds, model="convnet-w32", runs=1, epochs=2, device="cpu")
+    assert auto.settings["compiled"]["used"] is False and "2 optimiser steps" in auto.settings["compiled"]["reason"]
+    cpu = torch.device("cpu")
+    assert decide_compile("auto", 1000, cpu, threshold=500)[0] == decide_compile("auto", 10**6, cpu)[0]
+    with pytest.raises(ConfigError, match="compile"):
+        ddkit.evaluate(ds, model="convnet-w32", runs=1, epochs=2, device="cpu", compile="sometimes", test=test)

@@ -21,7 +21,6 @@ beside it as ``asr_all_classes``.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import statistics
 import time

@@ -305,11 +305,16 @@ def evaluate(
                                                                        "whenever the dataset has attributes.")] = None,
     bias_rho: Annotated[float, typer.Option(help="rho of the test split for the aligned/conflicting "
                                                  "accuracies.")] = 0.5,
+    compile: Annotated[str, typer.Option(help="torch.compile each network's training: auto (from 500 "
+                                              "optimiser steps, when a compiler is present), on or off.")] = "auto",
 ):
     """Train fresh networks on a distilled set; print the test accuracy mean ± std."""
     import ddkit
     from ddkit.utils import check_writable
 
+    modes = {"auto": "auto", "on": True, "off": False}
+    if compile not in modes:
+        raise ConfigError(f"--compile must be auto, on or off, not {compile!r}")
     for path in (json_out, plot):
         if path is not None:
             check_writable(path)
@@ -333,13 +338,13 @@ def evaluate(
     if models is not None:
         _cross_architecture(file, models.split(","), baseline=baseline, runs=runs, epochs=epochs, augment=augment,
                             device=device, seed=seed, data_root=data_root, download=download, protocol=protocol,
-                            quiet=quiet, json_out=json_out, plot=plot, elf=elf_cfg)
+                            quiet=quiet, json_out=json_out, plot=plot, elf=elf_cfg, compile=modes[compile])
         return
     if plot is not None:
         raise ConfigError("--plot draws the cross-architecture table: give --models")
     result = ddkit.evaluate(file, model=model, runs=runs, epochs=epochs, augment=augment, device=device,
                             seed=seed, data_root=data_root, progress=not quiet, protocol=protocol, teacher=teacher,
-                            download=download, elf=elf_cfg, bias=bias, bias_rho=bias_rho)
+                            download=download, elf=elf_cfg, bias=bias, bias_rho=bias_rho, compile=modes[compile])
     if _rank() != 0:  # under torchrun: rank 0 reports for all
         return
     out.print(f"{result.method} IPC {result.ipc} on {result.dataset}, {result.model}, {runs} runs × "

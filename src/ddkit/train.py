@@ -155,6 +155,7 @@ def train_model(
     generator: torch.Generator | None = None,
     max_steps: int | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    compile: bool = False,
 ) -> nn.Module:
     """Train ``model`` in place and return it (train mode).
 
@@ -181,10 +182,17 @@ def train_model(
         generator: CPU generator for the permutations (and passed to ``augment``).
         max_steps: stop after this many optimiser steps (default: all epochs).
         on_epoch: called after each epoch with (epoch index, mean training loss).
+        compile: run the model's forward (and so its backward) through ``torch.compile``
+            (inductor, static shapes: one graph per batch shape, shared by every fresh
+            network of the same architecture). The same algorithm; the float rounding of
+            the fused kernels differs from eager in the last digits. The first step
+            compiles (seconds to a minute on a CPU). A ``loss_fn`` receives the compiled
+            module (its submodules stay eager).
 
     Raises:
         ModelError: images do not match the model's channels/size.
-        ConfigError: ``sample_weights`` not of shape (N,), negative, or all zero.
+        ConfigError: ``sample_weights`` not of shape (N,), negative, or all zero; the model
+            does not compile (``compile=True`` never falls back to eager silently).
     """
     check_input(model, images)
     n = images.shape[0]
@@ -199,6 +207,9 @@ def train_model(
         planned = config.epochs * math.ceil(n / config.batch_size)
         sched = _scheduler(optimizer, config, planned if max_steps is None else min(planned, max_steps))
     model.train()
+    forward: nn.Module = torch.compile(model, dynamic=False) if compile else model
+    # torch.compile imported torch._dynamo; eager runs catch nothing here
+    compile_errors = (torch._dynamo.exc.TorchDynamoException,) if compile else ()
     steps = 0
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator).to(images.device) if config.shuffle \
@@ -211,12 +222,16 @@ def train_model(
                 x = augment(x, generator=generator)
             if targets_fn is not None:
                 x, y = targets_fn(x, y)
-            if loss_fn is not None:
-                loss = loss_fn(model, x, y)
-            else:
-                loss = train_loss(model(x), y, config, None if sample_weights is None else sample_weights[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                if loss_fn is not None:
+                    loss = loss_fn(forward, x, y)
+                else:
+                    loss = train_loss(forward(x), y, config, None if sample_weights is None else sample_weights[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            except compile_errors as exc:
+                raise ConfigError(f"torch.compile failed on {type(model).__name__} "
+                                  f"({str(exc).splitlines()[0][:300]}); train with compile=False") from None
             optimizer.step()
             if per_step and sched is not None:
                 sched.step()

@@ -6,6 +6,7 @@ import contextlib
 import glob
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,3 +246,33 @@ def output_lock(path: str | Path, *, suffixes: tuple[str, ...] = ()) -> Iterator
         lock.release()
         if not ok:
             _remove_empty(created)
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether ``torch.compile``'s default backend can build code for ``device`` (a C++
+    compiler on the PATH for CPU; Triton importable for CUDA)."""
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+def decide_compile(setting, iterations: int, device: torch.device, unit: str = "iterations",
+                   threshold: int = 200) -> tuple[bool, str]:
+    """(compile?, reason) for a ``compile`` setting (``True``, ``False`` or ``"auto"``).
+
+    ``"auto"`` compiles when ``iterations`` (distillation iterations, or optimiser steps of
+    a training run: ``unit`` names them in the reason) are at least ``threshold``, enough
+    to amortise the first, compiling one, and :func:`compiler_available` says a compiler
+    is present.
+    """
+    if setting is True or setting is False:
+        return bool(setting), "set explicitly"
+    if iterations < threshold:
+        return False, f"auto: {iterations} {unit} (< {threshold}) do not amortise compiling"
+    if not compiler_available(device):
+        return False, f"auto: no compiler for {device.type} (C++ compiler on CPU, Triton on CUDA)"
+    return True, "auto"

@@ -10,7 +10,6 @@ loop itself (seeding, resume, checkpoints) is :class:`ddkit.distill.base.Distill
 from __future__ import annotations
 
 import functools
-import shutil
 import time
 from abc import abstractmethod
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from ddkit.distill.base import (
     sample_per_class,
 )
 from ddkit.errors import ConfigError
+from ddkit.utils import compiler_available, decide_compile  # noqa: F401 (re-exported)
 
 
 class FeatureMatchingConfig(MethodConfig):
@@ -70,29 +70,6 @@ class EmbeddingMatchingConfig(FeatureMatchingConfig):
 
     compile: Union[bool, Literal["auto"]] = "auto"  # noqa: UP007 (pydantic reads the union)
     channels_last: bool = True
-
-
-def compiler_available(device: torch.device) -> bool:
-    """Whether ``torch.compile``'s default backend can build code for ``device`` (a C++
-    compiler on the PATH for CPU; Triton importable for CUDA)."""
-    if device.type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return False
-        return True
-    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-
-
-def decide_compile(setting, iterations: int, device: torch.device) -> tuple[bool, str]:
-    """(compile?, reason) for a ``compile`` setting (``True``, ``False`` or ``"auto"``)."""
-    if setting is True or setting is False:
-        return bool(setting), "set explicitly"
-    if iterations < 200:
-        return False, f"auto: {iterations} iterations (< 200) do not amortise compiling"
-    if not compiler_available(device):
-        return False, f"auto: no compiler for {device.type} (C++ compiler on CPU, Triton on CUDA)"
-    return True, "auto"
 
 
 def compiled_embedding() -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:

@@ -154,6 +154,7 @@ def evaluate_models(
     protocol: str = "auto",
     progress: bool = False,
     elf: Any = None,
+    compile: bool | str = "auto",
 ) -> CrossArchResult:
     """Evaluate a distilled set on several architectures, beside a random real subset.
 
@@ -168,6 +169,8 @@ def evaluate_models(
         test, train: the real test/train splits (default: loaded by the set's dataset name;
             the train split only for the baseline). data_root, download: where to look.
         progress: print one line per finished architecture.
+        compile: as :func:`ddkit.evaluate.evaluate` (``torch.compile`` of each network's
+            training; ``"auto"``: from 500 optimiser steps on).
         elf: ``True`` or an :class:`~ddkit.evaluate.elf.ELFConfig`: also evaluate each
             architecture that has a split point (ConvNet, VGG-11, ResNet-18 families) with
             ELF, beside the plain result.
@@ -203,6 +206,7 @@ def evaluate_models(
     t0 = time.perf_counter()
     result = CrossArchResult(ds.dataset, ds.method, ds.ipc, baseline, elf=bool(elf))
     kw = {"runs": runs, "epochs": epochs, "augment": augment, "device": device, "seed": seed, "test": test,
+          "compile": compile,
           "protocol": protocol}
     for name in names:
         got: EvalResult = evaluate(ds, model=name, **kw)
