@@ -43,7 +43,9 @@ def main() -> None:
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--method", required=True, choices=["dm", "mtt"])
     ap.add_argument("--ipc", type=int, default=10)
-    ap.add_argument("--iterations", type=int, required=True)
+    ap.add_argument("--iterations", type=int, default=None, help="distil this many iterations (or give --distilled)")
+    ap.add_argument("--distilled", type=Path, default=None,
+                    help="evaluate this set (made by --method on --dataset) instead of distilling one")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None, help="default: the protocol's (1000 for dsa)")
@@ -54,13 +56,24 @@ def main() -> None:
     ap.add_argument("--mtt-train-subset", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if (args.iterations is None) == (args.distilled is None):
+        ap.error("give --iterations (distil a set) or --distilled FILE (evaluate a given set), not both")
     args.mtt_batch_syn = None
     real = ddkit.load_dataset(args.dataset, "train")
     test = ddkit.load_dataset(args.dataset, "test")
     load0 = os.getloadavg()
-    config, prereq_wall, _ = prerequisites(args.method, args.dataset, real, args, {})
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"{args.dataset}-{args.method}-ipc{args.ipc}-it{args.iterations}-s{args.seed}.safetensors"
+    prereq_wall = 0.0
+    if args.distilled is not None:
+        ds = ddkit.DistilledSet.load(args.distilled)
+        if (ds.method, ds.dataset, ds.ipc) != (args.method, args.dataset, args.ipc):
+            ap.error(f"{args.distilled} is {ds.method} IPC {ds.ipc} on {ds.dataset}, not {args.method} IPC "
+                     f"{args.ipc} on {args.dataset}")
+        args.iterations, config = int(ds.extra.get("iterations", ds.config.get("iterations", 0))), ds.config
+        path = args.distilled
+    else:
+        config, prereq_wall, _ = prerequisites(args.method, args.dataset, real, args, {})
+        CACHE.mkdir(parents=True, exist_ok=True)
+        path = CACHE / f"{args.dataset}-{args.method}-ipc{args.ipc}-it{args.iterations}-s{args.seed}.safetensors"
     t0 = time.perf_counter()
     if path.exists():
         ds = ddkit.DistilledSet.load(path)
@@ -128,7 +141,9 @@ def render(blocks: list[dict]) -> str:
                   f"cross_arch.json), {first['runs']} networks × {first['epochs']} "
                   f"epochs per architecture and per column (the protocol's full length is 1000 epochs: "
                   f"{'reduced for CPU time' if first['epochs'] < 1000 else 'full'}).",
-                  f"- Set: {b['method']} for {b['iterations']} iterations (seed {b['seed']}); "
+                  f"- Set: {b['method']} for {b['iterations']} iterations (seed {b['seed']}"
+                  + (f", {b['config']['batch_real']} real images per class" if "batch_real" in b["config"] else "")
+                  + (", compiled ψ" if b["config"].get("compile") is True else "") + "); "
                   f"distilled in {b['distill_seconds']:.0f} s"
                   + (f", after a prerequisite (MTT expert buffer) of {b['prerequisite_seconds']:.0f} s"
                      if b["prerequisite_seconds"] else "") + ".",

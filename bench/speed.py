@@ -207,7 +207,14 @@ def main() -> None:
         host = machine()
         out = ROOT / "bench" / "results" / "speed_reference"
 
+        # rows of methods this run does not time are kept (each row carries its own load average)
+        kept = []
+        if out.with_suffix(".json").exists():
+            kept = [r for r in json.loads(out.with_suffix(".json").read_text()).get("rows", [])
+                    if r["method"] not in args.reference_methods.split(",")]
+
         def save(rows):
+            rows = rows + kept
             info = {"machine": host, "threads": threads, "note": args.note,
                     "wall_seconds": round(time.time() - started), "rows": rows}
             out.with_suffix(".json").write_text(json.dumps(info, indent=2))
