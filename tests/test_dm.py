@@ -103,15 +103,17 @@ def test_channels_last_embedding_is_the_same_run(digits):
     torch.testing.assert_close(a.images, b.images, rtol=0, atol=1e-4)
 
 
-def test_a_failed_compilation_is_a_config_error_not_a_silent_eager_run(digits, monkeypatch):
+def test_a_failed_compilation_is_a_config_error_not_a_silent_eager_run(digits):
     import torch._inductor.config as inductor
 
-    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # a cached graph would not need the compiler
     real, _ = digits
-    with pytest.raises(ConfigError, match="compiling ψ failed.*compile=False"):
-        ddkit.distill(real, "dm", 1, iterations=1, config={"compile": True, "batch_real": 8, "model": "convnet-w32"},
-                      device="cpu", progress=False)
+    # torch's own config patching (monkeypatch's undo leaves the inductor config module broken for
+    # later compilations in the same process); a cached graph would not need the compiler
+    with inductor.patch({"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False}):
+        with pytest.raises(ConfigError, match="compiling ψ failed.*compile=False"):
+            ddkit.distill(real, "dm", 1, iterations=1,
+                          config={"compile": True, "batch_real": 8, "model": "convnet-w32"}, device="cpu",
+                          progress=False)
     torch._dynamo.reset()  # no half-compiled state for later tests
 
 

@@ -230,8 +230,10 @@ def train_model(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             except compile_errors as exc:
-                raise ConfigError(f"torch.compile failed on {type(model).__name__} "
-                                  f"({str(exc).splitlines()[0][:300]}); train with compile=False") from None
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                why = " ".join(lines[:3])[:400]  # inductor's first line is "backend='inductor' raised:"
+                raise ConfigError(f"torch.compile failed on {type(model).__name__} ({why}); "
+                                  "train with compile=False") from None
             optimizer.step()
             if per_step and sched is not None:
                 sched.step()
