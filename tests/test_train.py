@@ -100,3 +100,14 @@ def test_compiled_training_is_the_eager_run_up_to_rounding(data, digits):
     assert decide_compile("auto", 1000, cpu, threshold=500)[0] == decide_compile("auto", 10**6, cpu)[0]
     with pytest.raises(ConfigError, match="compile"):
         ddkit.evaluate(ds, model="convnet-w32", runs=1, epochs=2, device="cpu", compile="sometimes", test=test)
+
+
+def test_a_training_that_does_not_compile_is_a_config_error(data):
+    import torch._inductor.config as inductor
+
+    x, y, _ = data
+    # no compiler, and no cached graph that would not need one
+    with inductor.patch({"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False}):
+        with pytest.raises(ConfigError, match="torch.compile failed on ConvNet.*compile=False"):
+            train_model(_net(), x, y, TrainConfig(epochs=1, batch_size=64), compile=True)
+    torch._dynamo.reset()  # no half-compiled state for later tests

@@ -350,8 +350,9 @@ def evaluate(
             ``"auto"`` (default) when a network takes ≥ 500 optimiser steps and a compiler
             is present (a C++ compiler on CPU, Triton on CUDA), ``True``/``False`` to force.
             Not for protocols with their own loop (``kip``) or ELF. Same algorithm, float
-            rounding differs from eager; measured 1.4–1.6× faster per ConvNet-3 step on a
-            2-core AMD EPYC (docs/methods.md, "Speed"). Recorded in ``settings["compiled"]``.
+            rounding differs from eager; on a 2-core AMD EPYC about 1.4× faster per
+            ConvNet-3 step, 1.28× for a whole 300-epoch network with its compiling first step
+            (docs/methods.md, "Speed"). Recorded in ``settings["compiled"]``.
 
     Returns:
         :class:`EvalResult` with accuracies in [0, 1], overall and per class, and ``bias``.
@@ -361,7 +362,8 @@ def evaluate(
         ConfigError: runs < 1, epochs < 1, unknown protocol, soft protocol without a
             teacher, a teacher with ``hard``, a teacher that does not fit the set, or a
             test set whose image shape or classes differ from the set's; bias metrics asked
-            (``bias=True``) of a dataset without attributes; ``bias_rho`` outside (0, 1).
+            (``bias=True``) of a dataset without attributes; ``bias_rho`` outside (0, 1);
+            ``compile`` not ``True``/``False``/``"auto"``, or a network that does not compile.
         ModelError: the model does not fit the images.
         DatasetNotFoundError: the test set cannot be found.
     """
