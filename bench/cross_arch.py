@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--mtt-epochs", type=int, default=4)
     ap.add_argument("--mtt-train-subset", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--add", action="store_true",
+                    help="keep the block's rows for architectures not in --models (same set, same evaluation "
+                         "budget); without it the block is replaced")
     args = ap.parse_args()
     if (args.iterations is None) == (args.distilled is None):
         ap.error("give --iterations (distil a set) or --distilled FILE (evaluate a given set), not both")
@@ -108,11 +111,45 @@ def save(args, ds, config, prereq_wall, t_distil, elf, res, load0) -> None:
              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
     js = OUT.with_suffix(".json")
     blocks = json.loads(js.read_text())["blocks"] if js.exists() else []
-    blocks = [b for b in blocks if (b["dataset"], b["method"], b["ipc"]) != (args.dataset, args.method, args.ipc)]
+    key = (args.dataset, args.method, args.ipc)
+    old = next((b for b in blocks if (b["dataset"], b["method"], b["ipc"]) == key), None)
+    if args.add and old is not None:
+        block = merged(old, block)
+    blocks = [b for b in blocks if (b["dataset"], b["method"], b["ipc"]) != key]
     blocks.append(block)
     js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps({"blocks": blocks}, indent=2))
     OUT.with_suffix(".md").write_text(render(blocks))
+
+
+def merged(old: dict, new: dict) -> dict:
+    """``new`` with ``old``'s rows for the architectures ``new`` did not run (``--add``);
+    refuses when the two blocks evaluated different sets or at different budgets."""
+    o, n = old["result"]["rows"][0]["distilled"], new["result"]["rows"][0]["distilled"]
+    same = (old["config"] == new["config"] and old["iterations"] == new["iterations"]
+            and (o["runs"], o["epochs"]) == (n["runs"], n["epochs"]) and old["elf_config"] == new["elf_config"])
+    if not same:
+        raise SystemExit("--add: the block on file was made from another set or at another evaluation budget; "
+                         "rerun without --add to replace it")
+    ran = {row[0] for row in new["table"]}
+    keep = [i for i, row in enumerate(old["table"]) if row[0] not in ran]
+    out = dict(new)
+    order = sorted(range(len(keep) + len(new["table"])), key=lambda i: _rank(
+        (old["table"][keep[i]] if i < len(keep) else new["table"][i - len(keep)])[0]))
+    table = [old["table"][i] for i in keep] + new["table"]
+    rows = [old["result"]["rows"][i] for i in keep] + new["result"]["rows"]
+    out["table"] = [table[i] for i in order]
+    out["result"] = dict(new["result"])
+    out["result"]["rows"] = [rows[i] for i in order]
+    out["result"]["seconds"] = round(old["result"]["seconds"] * bool(keep) + new["result"]["seconds"], 2)
+    out["models_asked"] = list(dict.fromkeys(old.get("models_asked", []) + new["models_asked"]))
+    out["command"] = old["command"] + " && .venv/bin/python " + new["command"] if keep else new["command"]
+    out["load_average_before"] = old["load_average_before"]
+    return out
+
+
+def _rank(model: str) -> int:
+    return MODELS.index(model) if model in MODELS else len(MODELS)
 
 
 def render(blocks: list[dict]) -> str:
