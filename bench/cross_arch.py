@@ -7,7 +7,9 @@ beside a random real subset of the same size (issue 13's benchmark).
 One invocation distils (or reuses from ``bench/cache/``) one set, runs
 :func:`ddkit.evaluate.cross.evaluate_models` on it — the same code as
 ``ddkit evaluate SET --models ... --baseline random --elf`` — and adds (or replaces) the
-method's block in ``bench/results/cross_arch.{json,md}``. Every block records the set's
+block of that set at that evaluation budget (runs × epochs) in
+``bench/results/cross_arch.{json,md}``; ``--add`` keeps the block's rows of the
+architectures not named in ``--models``. Every block records the set's
 budget, the evaluation protocol and its settings per architecture, the ELF teacher's
 settings, wall-clock times, CPU model, threads and the load average before and after.
 MTT's expert buffer is built as ``bench/accuracy.py`` builds it (``--mtt-experts``,
@@ -111,15 +113,20 @@ def save(args, ds, config, prereq_wall, t_distil, elf, res, load0) -> None:
              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
     js = OUT.with_suffix(".json")
     blocks = json.loads(js.read_text())["blocks"] if js.exists() else []
-    key = (args.dataset, args.method, args.ipc)
-    old = next((b for b in blocks if (b["dataset"], b["method"], b["ipc"]) == key), None)
+    old = next((b for b in blocks if _key(b) == _key(block)), None)
     if args.add and old is not None:
         block = merged(old, block)
-    blocks = [b for b in blocks if (b["dataset"], b["method"], b["ipc"]) != key]
+    blocks = [b for b in blocks if _key(b) != _key(block)]
     blocks.append(block)
     js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps({"blocks": blocks}, indent=2))
     OUT.with_suffix(".md").write_text(render(blocks))
+
+
+def _key(block: dict) -> tuple:
+    """A block is one set at one evaluation budget: the same set may have a block per budget."""
+    first = block["result"]["rows"][0]["distilled"]
+    return block["dataset"], block["method"], block["ipc"], first["runs"], first["epochs"]
 
 
 def merged(old: dict, new: dict) -> dict:
@@ -162,11 +169,12 @@ def render(blocks: list[dict]) -> str:
              "the architecture has a split point (ConvNet, VGG-11, ResNet-18); its teacher is ddkit's reduced "
              "default (settings below), not the authors' width-512 ConvNet trained 100 epochs on the full set.",
              ""]
-    for b in sorted(blocks, key=lambda b: (b["dataset"], b["ipc"], b["method"])):
+    for b in sorted(blocks, key=lambda b: (b["dataset"], b["ipc"], b["method"], -_key(b)[4])):
         r = b["result"]
         first = r["rows"][0]["distilled"]
         load = f"{b['load_average_before'][0]:.1f}→{b['load_average_after'][0]:.1f}"
-        lines += [f"## {b['dataset']}, {b['method']} IPC {b['ipc']} ({b['iterations']} iterations)", "",
+        lines += [f"## {b['dataset']}, {b['method']} IPC {b['ipc']} ({b['iterations']} iterations), "
+                  f"{first['runs']} × {first['epochs']} epochs", "",
                   "| " + " | ".join(b["columns"]) + " |", "|" + "---|" * len(b["columns"])]
         lines += ["| " + " | ".join(row) + " |" for row in b["table"]]
         done = {row[0] for row in b["table"]}
