@@ -159,6 +159,16 @@ def _rank(model: str) -> int:
     return MODELS.index(model) if model in MODELS else len(MODELS)
 
 
+def _mtt_budget(config: dict) -> str:
+    """MTT's budget in words: the buffer (named by bench/accuracy.py's experts-epochs-subset
+    scheme) and the resolved per-iteration settings."""
+    buf = Path(config["buffer"]).name
+    return (f"; expert buffer `{buf}` (experts, epochs and real images per class in its name); "
+            f"{config['syn_steps']} synthetic steps matching {config['expert_epochs']} expert epochs from a "
+            f"start epoch below {config['max_start_epoch']}, lr_img {config['lr_img']:g}, "
+            f"initial α {config['lr_teacher']:g}")
+
+
 def render(blocks: list[dict]) -> str:
     lines = ["# Cross-architecture evaluation, plain and with ELF, beside a random real subset", "",
              "Written by `bench/cross_arch.py` (one block per distillation method; the command of each is under "
@@ -183,12 +193,15 @@ def render(blocks: list[dict]) -> str:
         elf = b["elf_config"]
         lines += ["", f"- Command: `.venv/bin/python {b['command']}` ({b['date']}).",
                   f"- Evaluation: protocol `{first['settings'].get('name', first['protocol'])}` (settings in "
-                  f"cross_arch.json), {first['runs']} networks × {first['epochs']} "
+                  f"cross_arch.json), {first['runs']} network{'s' if first['runs'] != 1 else ''} × {first['epochs']} "
                   f"epochs per architecture and per column (the protocol's full length is 1000 epochs: "
-                  f"{'reduced for CPU time' if first['epochs'] < 1000 else 'full'}).",
+                  f"{'reduced for CPU time' if first['epochs'] < 1000 else 'full'})"
+                  + (f"; every network trains at the set's learned step size α = {first['settings']['lr']:.4g}"
+                     if first["settings"].get("lr_learned") else "") + ".",
                   f"- Set: {b['method']} for {b['iterations']} iterations (seed {b['seed']}"
                   + (f", {b['config']['batch_real']} real images per class" if "batch_real" in b["config"] else "")
-                  + (", compiled ψ" if b["config"].get("compile") is True else "") + "); "
+                  + (", compiled ψ" if b["config"].get("compile") is True else "")
+                  + (_mtt_budget(b["config"]) if b["method"] == "mtt" else "") + "); "
                   f"distilled in {b['distill_seconds']:.0f} s"
                   + (f", after a prerequisite (MTT expert buffer) of {b['prerequisite_seconds']:.0f} s"
                      if b["prerequisite_seconds"] else "") + ".",
