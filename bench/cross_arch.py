@@ -196,7 +196,9 @@ def render(blocks: list[dict]) -> str:
                   f"cross_arch.json), {first['runs']} network{'s' if first['runs'] != 1 else ''} × {first['epochs']} "
                   f"epochs per architecture and per column (the protocol's full length is 1000 epochs: "
                   f"{'reduced for CPU time' if first['epochs'] < 1000 else 'full'})"
-                  + (f"; every network trains at the set's learned step size α = {first['settings']['lr']:.4g}"
+                  + (f"; the set's networks (plain and ELF) train at its learned step size "
+                     f"α = {first['settings']['lr']:.4g}, the random subset's at the protocol's "
+                     f"{r['rows'][0]['baseline']['settings']['lr']:g}"
                      if first["settings"].get("lr_learned") else "") + ".",
                   f"- Set: {b['method']} for {b['iterations']} iterations (seed {b['seed']}"
                   + (f", {b['config']['batch_real']} real images per class" if "batch_real" in b["config"] else "")
