@@ -171,7 +171,7 @@ def _mtt_budget(config: dict) -> str:
 
 def render(blocks: list[dict]) -> str:
     lines = ["# Cross-architecture evaluation, plain and with ELF, beside a random real subset", "",
-             "Written by `bench/cross_arch.py` (one block per distillation method; the command of each is under "
+             "Written by `bench/cross_arch.py` (one block per distilled set and evaluation budget; the command of each is under "
              "its table). Each cell: mean ± population std of test accuracy (%) over the networks, each scored "
              "after its last epoch on the full test set; the random subset has the set's IPC, is drawn with "
              "the same seed and is trained the same way. ELF (evaluation with distillation features; Zhao et al., "
