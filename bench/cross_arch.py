@@ -140,15 +140,15 @@ def merged(old: dict, new: dict) -> dict:
                          "rerun without --add to replace it")
     ran = {row[0] for row in new["table"]}
     keep = [i for i, row in enumerate(old["table"]) if row[0] not in ran]
-    out = dict(new)
-    order = sorted(range(len(keep) + len(new["table"])), key=lambda i: _rank(
-        (old["table"][keep[i]] if i < len(keep) else new["table"][i - len(keep)])[0]))
     table = [old["table"][i] for i in keep] + new["table"]
     rows = [old["result"]["rows"][i] for i in keep] + new["result"]["rows"]
+    order = sorted(range(len(table)), key=lambda i: _rank(table[i][0]))
+    out = dict(new)
     out["table"] = [table[i] for i in order]
     out["result"] = dict(new["result"])
     out["result"]["rows"] = [rows[i] for i in order]
-    out["result"]["seconds"] = round(old["result"]["seconds"] * bool(keep) + new["result"]["seconds"], 2)
+    if keep:
+        out["result"]["seconds"] = round(old["result"]["seconds"] + new["result"]["seconds"], 2)
     out["models_asked"] = list(dict.fromkeys(old.get("models_asked", []) + new["models_asked"]))
     out["command"] = old["command"] + " && .venv/bin/python " + new["command"] if keep else new["command"]
     out["load_average_before"] = old["load_average_before"]
