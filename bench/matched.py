@@ -44,7 +44,9 @@ def main() -> None:
     ap.add_argument("--method", default=None, help="required unless --distilled")
     ap.add_argument("--distilled", type=Path, default=None, help="evaluate this set instead of distilling")
     ap.add_argument("--distill-seconds", type=float, default=None,
-                    help="with --distilled: how long the set took to make (buffer included), if known")
+                    help="with --distilled: how long the set took to make (buffer excluded), if known")
+    ap.add_argument("--buffer-seconds", type=float, default=None,
+                    help="MTT: how long its expert buffer took to build (shown beside the distillation time)")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="method settings")
@@ -85,7 +87,7 @@ def main() -> None:
            "runs": res.runs, "epochs": res.epochs, "accuracies": res.accuracies, "mean": res.mean, "std": res.std,
            "distill_seconds": None if t_distil is None else round(t_distil, 1), "eval_seconds": round(t_eval, 1),
            "distilled_file": None if args.distilled is None else args.distilled.name,
-           "buffer": ds.extra.get("buffer"),
+           "buffer": ds.extra.get("buffer"), "buffer_seconds": args.buffer_seconds,
            "pixel_overflow": ds.extra.get("pixel_overflow"), "compiled": ds.extra.get("compiled"),
            "load_average_before": load0, "load_average_after": os.getloadavg(), "machine": machine(),
            "threads": torch.get_num_threads(), "reference_figure": args.reference_figure,
@@ -104,9 +106,11 @@ def main() -> None:
 
 def _secs(r: dict) -> str:
     """The distillation time as the table shows it (given: measured by whoever made the set)."""
-    if r["distill_seconds"] is None:
-        return "?"
-    return f"{r['distill_seconds']:.0f}" + (" (given)" if r.get("distilled_file") else "")
+    out = "?" if r["distill_seconds"] is None else \
+        f"{r['distill_seconds']:.0f}" + (" (given)" if r.get("distilled_file") else "")
+    if r.get("buffer_seconds") is not None:
+        out += f" + {r['buffer_seconds']:.0f} buffer"
+    return out
 
 
 def _budget(r: dict) -> str:
