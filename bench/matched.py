@@ -11,6 +11,9 @@ One invocation adds (or replaces) one row of ``bench/results/matched.{json,md}``
 ``--distilled`` evaluates a set made earlier (by ``ddkit distill`` or another benchmark) instead
 of distilling one; its method, IPC, iterations and config come from the file, and
 ``--distill-seconds`` records how long it took to make (the row says the time was given).
+``--buffer-seconds`` records how long MTT's expert buffer took to build (shown beside the
+distillation time), e.g. ``--method mtt --iterations 30 --set buffer=DIR max_start_epoch=5
+--buffer-seconds S``.
 
 Each row records the method's resolved config, the budget, the protocol (name and settings,
 from ``ddkit.evaluate``), the per-network accuracies, wall-clock times, CPU model, threads
@@ -65,6 +68,8 @@ def main() -> None:
         config[k] = json.loads(v) if v[:1] in "0123456789-[{tf" and v not in ("t", "f") else v
     if (args.method is None) == (args.distilled is None):
         ap.error("give exactly one of --method and --distilled")
+    if args.distilled is not None and (args.set or args.iterations is not None):
+        ap.error("--set and --iterations describe a distillation; a --distilled set carries its own")
     if args.distilled is not None:
         given = ddkit.DistilledSet.load(args.distilled)
         args.dataset, args.method, args.ipc = given.dataset, given.method, given.ipc
