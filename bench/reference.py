@@ -122,11 +122,14 @@ def run_reference(ref: Path, method: str, iterations: int, eval_epochs: int, ipc
             "eval_seconds": eval_seconds, "eval_epochs": eval_epochs_run}
 
 
-def run_ddkit(real, test, method: str, iterations: int, eval_epochs: int | None, ipc: int, seed: int) -> dict:
-    """ddkit's seconds per iteration (the loop's own timer) and evaluation wall clock."""
+def run_ddkit(real, test, method: str, iterations: int, eval_epochs: int | None, ipc: int, seed: int,
+              bf16: bool = False) -> dict:
+    """ddkit's seconds per iteration (the loop's own timer) and evaluation wall clock; with
+    ``bf16`` DM's real branch (``real_bf16``) and the evaluation training steps
+    (``precision="bf16"``) run under bf16 autocast."""
     # DM as a real run executes it (compiled ψ, the default from 200 iterations on); its first,
     # compiling iteration is reported apart, as the reference's first 10 are not timed either
-    config = {"compile": True} if method == "dm" else None
+    config = {"compile": True, "real_bf16": bf16} if method == "dm" else None
     ds = ddkit.distill(real, method, ipc, iterations=iterations, seed=seed, progress=False, config=config)
     warm = ds.extra.get("warmup_seconds") or 0.0
     timed = iterations - (1 if warm else 0)
@@ -136,7 +139,8 @@ def run_ddkit(real, test, method: str, iterations: int, eval_epochs: int | None,
         t0 = time.perf_counter()
         # compiled, as ``compile="auto"`` trains at the protocol's 1000 epochs; the first,
         # compiling step is inside this wall clock
-        res = ddkit.evaluate(ds, runs=1, epochs=eval_epochs, protocol="dsa", test=test, seed=seed, compile=True)
+        res = ddkit.evaluate(ds, runs=1, epochs=eval_epochs, protocol="dsa", test=test, seed=seed, compile=True,
+                             precision="bf16" if bf16 else "fp32")
         out["eval_compiled"] = res.settings["compiled"]["used"]
         out["eval_seconds"] = time.perf_counter() - t0
         out["eval_epochs"] = eval_epochs
@@ -144,11 +148,12 @@ def run_ddkit(real, test, method: str, iterations: int, eval_epochs: int | None,
 
 
 def compare(ref: Path, methods: list[str], iterations: int, eval_epochs: int, repeats: int, threads: int,
-            dc_ipc: int, on_row=None) -> list[dict]:
+            dc_ipc: int, on_row=None, bf16: bool = False) -> list[dict]:
     """Alternate reference and ddkit runs ``repeats`` times per method; rows with medians and
     the ratio ddkit ÷ reference (below 1: ddkit is faster). A reference script that fails
     gives a row with its error instead (the other methods still run); ``on_row(rows)`` is
-    called after each method."""
+    called after each method. ``bf16``: each DM round also runs ddkit with bf16 autocast
+    (``run_ddkit(bf16=True)``), reported as ``ddkit_bf16`` beside the FP32 form."""
     if not (ref / "main_DM.py").exists() or not (ref / "utils.py").exists():
         raise SystemExit(f"{ref} is not a checkout of VICO-UoE/DatasetCondensation (no main_DM.py/utils.py)")
     torch.set_num_threads(threads)
@@ -161,6 +166,8 @@ def compare(ref: Path, methods: list[str], iterations: int, eval_epochs: int, re
             ipc = 10 if method == "dm" else dc_ipc
             ev = eval_epochs if method == "dm" else None
             runs: dict[str, list[dict]] = {"reference": [], "ddkit": []}
+            if bf16 and method == "dm":
+                runs["ddkit_bf16"] = []
             failed = None
             for r in range(repeats):
                 work = Path(tmp) / f"{method}{r}"
@@ -172,8 +179,9 @@ def compare(ref: Path, methods: list[str], iterations: int, eval_epochs: int, re
                     failed = str(exc).strip().splitlines()[-1][:300]
                     break
                 runs["ddkit"].append(run_ddkit(real, test, method, iterations, ev, ipc, r))
-                print(f"{method} round {r + 1}: reference {runs['reference'][-1]}, ddkit {runs['ddkit'][-1]}",
-                      flush=True)
+                if "ddkit_bf16" in runs:
+                    runs["ddkit_bf16"].append(run_ddkit(real, test, method, iterations, ev, ipc, r, bf16=True))
+                print(f"{method} round {r + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in runs.items()), flush=True)
             if failed is not None:
                 rows.append({"method": method, "ipc": ipc, "iterations": iterations, "reference_error": failed,
                              "load_average": os.getloadavg()})
@@ -185,11 +193,15 @@ def compare(ref: Path, methods: list[str], iterations: int, eval_epochs: int, re
             row = {"method": method, "ipc": ipc, "iterations": iterations, "runs": runs,
                    "median_seconds_per_iteration": med, "ratio": med["ddkit"] / med["reference"],
                    "load_average": os.getloadavg()}
+            if "ddkit_bf16" in med:
+                row["ratio_bf16"] = med["ddkit_bf16"] / med["reference"]
             if ev:
                 ev_med = {k: statistics.median(x["eval_seconds"] for x in v) for k, v in runs.items()}
                 row["median_eval_seconds"] = ev_med
                 row["eval_epochs"] = ev
                 row["eval_ratio"] = ev_med["ddkit"] / ev_med["reference"]
+                if "ddkit_bf16" in ev_med:
+                    row["eval_ratio_bf16"] = ev_med["ddkit_bf16"] / ev_med["reference"]
             rows.append(row)
             if on_row is not None:
                 on_row(rows)
@@ -214,6 +226,12 @@ def render(rows: list[dict], host: dict, threads: int, note: str) -> str:
         load = ", ".join(f"{v:.2f}" for v in r["load_average"])
         lines.append(f"| {r['method'].upper()} iteration | {r['ipc']} | {m['reference']:.2f} | {m['ddkit']:.2f} | "
                      f"{r['ratio']:.2f}× | {rounds} | {load} |")
+        if "ratio_bf16" in r:
+            rounds = " ; ".join(f"{a['seconds_per_iteration']:.2f} / {b['seconds_per_iteration']:.2f}"
+                                for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit_bf16"], strict=True))
+            lines.append(f"| {r['method'].upper()} iteration, ddkit's real branch under bf16 autocast (`real_bf16`) | "
+                         f"{r['ipc']} | {m['reference']:.2f} | {m['ddkit_bf16']:.2f} | {r['ratio_bf16']:.2f}× | "
+                         f"{rounds} | {load} |")
         if "eval_ratio" in r:
             e = r["median_eval_seconds"]
             rounds = " ; ".join(f"{a['eval_seconds']:.1f} / {b['eval_seconds']:.1f}"
@@ -221,5 +239,11 @@ def render(rows: list[dict], host: dict, threads: int, note: str) -> str:
             how = ", compiled (incl. compiling)" if all(b.get("eval_compiled") for b in r["runs"]["ddkit"]) else ""
             lines.append(f"| evaluation: 1 ConvNet-3, {r['eval_epochs']} epochs, 100 images, DSA, + test{how} | 10 | "
                          f"{e['reference']:.1f} | {e['ddkit']:.1f} | {r['eval_ratio']:.2f}× | {rounds} | {load} |")
+            if "eval_ratio_bf16" in r:
+                rounds = " ; ".join(f"{a['eval_seconds']:.1f} / {b['eval_seconds']:.1f}"
+                                    for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit_bf16"], strict=True))
+                lines.append(f"| evaluation as above, ddkit's training steps under bf16 autocast (`--precision "
+                             f"bf16`) | 10 | {e['reference']:.1f} | {e['ddkit_bf16']:.1f} | "
+                             f"{r['eval_ratio_bf16']:.2f}× | {rounds} | {load} |")
     lines += ["", note] if note else []
     return "\n".join(lines) + "\n"

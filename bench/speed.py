@@ -187,13 +187,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="rounds (one iteration of each form per round)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is the stable choice when shared)")
     ap.add_argument("--bf16", action="store_true", help="also time DM under bf16 autocast (slow without "
-                    "bf16 hardware: 263 s vs 13 s per iteration measured on this project's AMD EPYC)")
+                    "bf16 hardware: 263 s vs 13 s per iteration measured on this project's AMD EPYC); with "
+                    "--reference: ddkit's DM real branch and evaluation steps under bf16 as a third form")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"))
     ap.add_argument("--render", action="store_true", help="only rewrite speed.md from speed.json")
     ap.add_argument("--note", default="", help="a sentence about the run's conditions, printed in speed.md")
     ap.add_argument("--reference", type=Path, default=None,
                     help="checkout of VICO-UoE/DatasetCondensation: time its scripts against ddkit")
     ap.add_argument("--reference-methods", default="dm,dsa,dc")
+    ap.add_argument("--reference-out", default=None, help="--reference: output path without suffix (default "
+                    "bench/results/speed_reference; one file per CPU kind keeps each machine's rows)")
     ap.add_argument("--iterations", type=int, default=40, help="--reference: iterations per run (≥ 20)")
     ap.add_argument("--eval-epochs", type=int, default=200, help="--reference: epochs of the evaluation trainer")
     ap.add_argument("--dc-ipc", type=int, default=1, help="--reference: IPC of the DC/DSA runs (IPC 10 costs "
@@ -206,6 +209,8 @@ def main() -> None:
         started = time.time()
         host = machine()
         out = ROOT / "bench" / "results" / "speed_reference"
+        if args.reference_out:
+            out = Path(args.reference_out)
 
         # rows of methods this run does not time are kept (each row carries its own load average)
         kept = []
@@ -221,7 +226,7 @@ def main() -> None:
             out.with_suffix(".md").write_text(reference.render(rows, host, threads, args.note))
 
         reference.compare(args.reference.resolve(), args.reference_methods.split(","), args.iterations,
-                          args.eval_epochs, args.repeats, threads, args.dc_ipc, on_row=save)
+                          args.eval_epochs, args.repeats, threads, args.dc_ipc, on_row=save, bf16=args.bf16)
         print(out.with_suffix(".md").read_text())
         return
     out = Path(args.out)

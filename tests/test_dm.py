@@ -136,3 +136,28 @@ def test_out_of_range_settings_are_config_errors(digits, method, bad, word):
         ddkit.distill(real, method, 1, iterations=1, config=bad, device="cpu", progress=False)
     with pytest.raises(ConfigError, match="'iterations'"):
         ddkit.distill(real, method, 1, iterations=-1, device="cpu", progress=False)
+
+
+def test_bf16_real_branch_matches_fp32_to_bf16_rounding_and_is_recorded(digits):
+    """real_bf16: only the no-grad real branch runs under autocast; the loss stays close to
+    the FP32 one, the synthetic gradient is FP32, and the set records the precision."""
+    from ddkit.distill.feature_matching import _bf16_embed
+
+    torch.manual_seed(0)
+    net = get_model("convnet", 1, 4, 28, width=16)
+    real = torch.randn(4 * 8, 1, 28, 28)
+    syn = torch.randn(4 * 2, 1, 28, 28, requires_grad=True)
+    fp32 = dm_loss(net.embed, real, syn, 4)
+    bf16 = dm_loss(net.embed, real, syn, 4, real_embed=_bf16_embed(net.embed, "cpu"))
+    (g,) = torch.autograd.grad(bf16, syn)
+    assert bf16.dtype == torch.float32 and g.dtype == torch.float32
+    torch.testing.assert_close(bf16, fp32, rtol=3e-2, atol=1e-3)
+    assert not torch.equal(bf16, fp32)  # the real branch did run in bf16
+    real_ds, _ = digits
+    cfg = {"batch_real": 8, "model": "convnet-w32", "compile": False}
+    ds = ddkit.distill(real_ds, "dm", 1, iterations=2, config={**cfg, "real_bf16": True}, seed=1, device="cpu",
+                       progress=False)
+    assert ds.extra["precision"]["precision"] == "bf16" and "real branch" in ds.extra["precision"]["autocast"]
+    plain = ddkit.distill(real_ds, "dm", 1, iterations=2, config=cfg, seed=1, device="cpu", progress=False)
+    assert plain.extra["precision"] == {"precision": "fp32"}
+    torch.testing.assert_close(ds.images, plain.images, rtol=0, atol=0.05)

@@ -111,3 +111,39 @@ def test_a_training_that_does_not_compile_is_a_config_error(data):
         with pytest.raises(ConfigError, match="torch.compile failed on ConvNet.*compile=False"):
             train_model(_net(), x, y, TrainConfig(epochs=1, batch_size=64), compile=True)
     torch._dynamo.reset()  # no half-compiled state for later tests
+
+
+def test_bf16_training_runs_under_autocast_keeps_fp32_weights_and_is_recorded(data, digits, monkeypatch):
+    """precision="bf16": the forward runs in bf16 (checked inside the network), the weights
+    stay FP32, the network still learns; evaluation records the setting; bad values and the
+    protocols with their own FP32 loop are refused."""
+    import ddkit
+
+    x, y, _ = data
+    net, ref = _net(), _net()
+    seen = []
+    hook = net.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    cfg = TrainConfig(epochs=30, batch_size=100)
+    train_model(net, x, y, cfg, generator=torch.Generator().manual_seed(1), precision="bf16")
+    train_model(ref, x, y, cfg, generator=torch.Generator().manual_seed(1))
+    hook.remove()
+    assert set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    with torch.no_grad():
+        before, got, want = (float(torch.nn.functional.cross_entropy(m(x), y)) for m in (_net(), net, ref))
+    assert got < before - 0.05  # it learned, and as far as the FP32 run up to bf16 rounding
+    assert abs(got - want) < 0.01 and not torch.equal(net.classifier.weight, ref.classifier.weight)
+    with pytest.raises(ConfigError, match="precision must be fp32 or bf16"):
+        train_model(_net(), x, y, cfg, precision="fp16")
+    real, test = digits
+    ds = ddkit.distill(real, "random", 10, seed=0, progress=False)
+    got = ddkit.train_networks(ds, model="convnet-w32", runs=1, epochs=2, device="cpu", precision="bf16")
+    assert got.settings["precision"]["precision"] == "bf16"
+    assert "bf16_units" in got.settings["precision"]
+    assert ddkit.train_networks(ds, model="convnet-w32", runs=1, epochs=1, device="cpu"
+                                ).settings["precision"] == {"precision": "fp32"}
+    with pytest.raises(ConfigError, match="precision"):
+        ddkit.evaluate(ds, model="convnet-w32", runs=1, epochs=1, device="cpu", precision="half", test=test)
+    with pytest.raises(ConfigError, match="kip protocol runs its own loop in FP32"):
+        ddkit.train_networks(ds, model="convnet-w32", runs=1, epochs=1, device="cpu", precision="bf16",
+                             protocol="kip", train=real)

@@ -307,6 +307,9 @@ def evaluate(
                                                  "accuracies.")] = 0.5,
     compile: Annotated[str, typer.Option(help="torch.compile each network's training: auto (from 500 "
                                               "optimiser steps, when a compiler is present), on or off.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 (the papers') or bf16: each training step's forward and "
+                                                "loss under bf16 autocast; not exact, pays only with bf16 units "
+                                                "(Intel AMX, avx512_bf16, CUDA).")] = "fp32",
 ):
     """Train fresh networks on a distilled set; print the test accuracy mean ± std."""
     import ddkit
@@ -315,6 +318,8 @@ def evaluate(
     modes = {"auto": "auto", "on": True, "off": False}
     if compile not in modes:
         raise ConfigError(f"--compile must be auto, on or off, not {compile!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--precision must be fp32 or bf16, not {precision!r}")
     for path in (json_out, plot):
         if path is not None:
             check_writable(path)
@@ -338,13 +343,15 @@ def evaluate(
     if models is not None:
         _cross_architecture(file, models.split(","), baseline=baseline, runs=runs, epochs=epochs, augment=augment,
                             device=device, seed=seed, data_root=data_root, download=download, protocol=protocol,
-                            quiet=quiet, json_out=json_out, plot=plot, elf=elf_cfg, compile=modes[compile])
+                            quiet=quiet, json_out=json_out, plot=plot, elf=elf_cfg, compile=modes[compile],
+                            precision=precision)
         return
     if plot is not None:
         raise ConfigError("--plot draws the cross-architecture table: give --models")
     result = ddkit.evaluate(file, model=model, runs=runs, epochs=epochs, augment=augment, device=device,
                             seed=seed, data_root=data_root, progress=not quiet, protocol=protocol, teacher=teacher,
-                            download=download, elf=elf_cfg, bias=bias, bias_rho=bias_rho, compile=modes[compile])
+                            download=download, elf=elf_cfg, bias=bias, bias_rho=bias_rho, compile=modes[compile],
+                            precision=precision)
     if _rank() != 0:  # under torchrun: rank 0 reports for all
         return
     out.print(f"{result.method} IPC {result.ipc} on {result.dataset}, {result.model}, {runs} runs × "

@@ -276,3 +276,37 @@ def decide_compile(setting, iterations: int, device: torch.device, unit: str = "
     if not compiler_available(device):
         return False, f"auto: no compiler for {device.type} (C++ compiler on CPU, Triton on CUDA)"
     return True, "auto"
+
+
+def bf16_units(device: torch.device) -> str | None:
+    """Name the hardware bf16 matrix support of ``device``, or ``None`` when it has none.
+
+    CPU (Linux): ``amx_bf16`` (Intel AMX tiles) or ``avx512_bf16`` from ``/proc/cpuinfo``;
+    elsewhere ``None`` (unknown). CUDA: ``"cuda"`` when ``torch.cuda.is_bf16_supported()``.
+    Without such units bf16 autocast still runs but is emulated: measured 20× slower than
+    FP32 on an AMD EPYC with AVX2 only (docs/methods.md, "Speed").
+    """
+    if device.type == "cuda":
+        return "cuda" if torch.cuda.is_bf16_supported() else None
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    for name in ("amx_bf16", "avx512_bf16"):
+        if name in flags:
+            return name
+    return None
+
+
+def describe_precision(precision: str, device: torch.device, where: str) -> dict[str, object]:
+    """The record of a ``precision`` setting (``"fp32"`` or ``"bf16"``) for a result's metadata.
+
+    Raises:
+        ConfigError: ``precision`` is neither ``"fp32"`` nor ``"bf16"``.
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision must be fp32 or bf16, not {precision!r}")
+    if precision == "fp32":
+        return {"precision": "fp32"}
+    units = bf16_units(device)
+    return {"precision": "bf16", "autocast": where, "bf16_units": units or "none (emulated: slow)"}

@@ -36,7 +36,7 @@ class DMConfig(EmbeddingMatchingConfig):
 
 def dm_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
             dsa: DSA | None = None, generator: torch.Generator | None = None,
-            weights: torch.Tensor | None = None) -> torch.Tensor:
+            weights: torch.Tensor | None = None, real_embed=None) -> torch.Tensor:
     """DM loss over all classes, batched.
 
     Args:
@@ -45,6 +45,8 @@ def dm_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
         syn: (K·S)×C×H×W standardised synthetic images, class-major (S per class).
         num_classes: K. dsa: siamese augmentation (one draw per class) or ``None``.
         weights: optional (K·B,) non-negative weights of the real images (weighted class means).
+        real_embed: the feature map of the real branch (run without autograd); default ``embed``
+            (another only for a cheaper form of the same map, e.g. under bf16 autocast).
 
     Returns:
         Scalar Σ_c ‖mean ψ(real_c) − mean ψ(syn_c)‖² (gradient flows to ``syn`` only).
@@ -56,7 +58,7 @@ def dm_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
         real = dsa.apply(real, draw, torch.arange(k).repeat_interleave(b))
         syn = dsa.apply(syn, draw, torch.arange(k).repeat_interleave(s))
     with torch.no_grad():
-        h = embed(real).reshape(k, b, -1)
+        h = (real_embed or embed)(real).reshape(k, b, -1)
         if weights is None:
             mu_real = h.mean(1)
         else:
@@ -99,5 +101,5 @@ class DMDistiller(EmbeddingMatchingDistiller):
     Config = DMConfig
     supports_sample_weights = True
 
-    def matching_loss(self, ctx, embed, real, syn, dsa, generator, weights):
-        return dm_loss(embed, real, syn, ctx.num_classes, dsa, generator, weights)
+    def matching_loss(self, ctx, embed, real, syn, dsa, generator, weights, real_embed=None):
+        return dm_loss(embed, real, syn, ctx.num_classes, dsa, generator, weights, real_embed)

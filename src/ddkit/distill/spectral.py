@@ -78,7 +78,8 @@ class SpectralConfig(EmbeddingMatchingConfig):
 
 
 def spectral_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int, filt: Filter | str,
-                  dsa: DSA | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                  dsa: DSA | None = None, generator: torch.Generator | None = None,
+                  real_embed=None) -> torch.Tensor:
     """K² · UniDD spectral matching loss (g = FLC) between a real batch and the synthetic set.
 
     Args:
@@ -87,6 +88,7 @@ def spectral_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int
         syn: (K·S)×C×H×W standardised synthetic images, class-major (S per class).
         num_classes: K. filt: the filter. dsa: siamese augmentation (one draw per class).
         generator: for the DSA draw. All classes are embedded in one pass.
+        real_embed: the feature map of the real branch (run without autograd); default ``embed``.
 
     Returns:
         Scalar float64 loss; gradient flows to ``syn`` only. With the identity filter it is
@@ -102,7 +104,7 @@ def spectral_loss(embed, real: torch.Tensor, syn: torch.Tensor, num_classes: int
         syn = dsa.apply(syn, draw, y_syn)
 
     with torch.no_grad():
-        h_real = embed(real)
+        h_real = (real_embed or embed)(real)
     h_syn = embed(syn)
     need_ffc = filt.kind != "identity"
     st_real = feature_stats(h_real, F.one_hot(y_real, k).to(h_real.device), ffc=need_ffc)
@@ -126,8 +128,8 @@ class SpectralDistiller(EmbeddingMatchingDistiller):
     def title(self, ctx: RunContext) -> str:
         return f"spectral[{ctx.aux['filter'].name}] ipc={ctx.ipc}"
 
-    def matching_loss(self, ctx, embed, real, syn, dsa, generator, weights):
-        return spectral_loss(embed, real, syn, ctx.num_classes, ctx.aux["filter"], dsa, generator)
+    def matching_loss(self, ctx, embed, real, syn, dsa, generator, weights, real_embed=None):
+        return spectral_loss(embed, real, syn, ctx.num_classes, ctx.aux["filter"], dsa, generator, real_embed)
 
     def finish(self, state: LoopState, ctx: RunContext) -> SetParts:
         parts = super().finish(state, ctx)

@@ -155,6 +155,7 @@ def evaluate_models(
     progress: bool = False,
     elf: Any = None,
     compile: bool | str = "auto",
+    precision: str = "fp32",
 ) -> CrossArchResult:
     """Evaluate a distilled set on several architectures, beside a random real subset.
 
@@ -170,7 +171,8 @@ def evaluate_models(
             the train split only for the baseline). data_root, download: where to look.
         progress: print one line per finished architecture.
         compile: as :func:`ddkit.evaluate.evaluate` (``torch.compile`` of each network's
-            training; ``"auto"``: from 500 optimiser steps on).
+            training; ``"auto"``: from 500 optimiser steps on). precision: as
+            :func:`ddkit.evaluate.evaluate` (``"fp32"`` or ``"bf16"`` autocast).
         elf: ``True`` or an :class:`~ddkit.evaluate.elf.ELFConfig`: also evaluate each
             architecture that has a split point (ConvNet, VGG-11, ResNet-18 families) with
             ELF, beside the plain result.
@@ -206,7 +208,7 @@ def evaluate_models(
     t0 = time.perf_counter()
     result = CrossArchResult(ds.dataset, ds.method, ds.ipc, baseline, elf=bool(elf))
     kw = {"runs": runs, "epochs": epochs, "augment": augment, "device": device, "seed": seed, "test": test,
-          "compile": compile,
+          "compile": compile, "precision": precision,
           "protocol": protocol}
     for name in names:
         got: EvalResult = evaluate(ds, model=name, **kw)

@@ -36,7 +36,7 @@ from ddkit.errors import ConfigError
 from ddkit.evaluate import recipes, soft
 from ddkit.models import get_model
 from ddkit.train import confusion, train_model
-from ddkit.utils import atomic_path, decide_compile, resolve_device
+from ddkit.utils import atomic_path, decide_compile, describe_precision, resolve_device
 
 __all__ = ["EvalConfig", "EvalResult", "TrainedNetworks", "evaluate", "train_networks"]
 
@@ -54,6 +54,7 @@ class EvalConfig(BaseModel):
     batch_size: PositiveInt | None = None
     protocol: str = "auto"
     compile: bool | Literal["auto"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     @field_validator("protocol")
     @classmethod
@@ -171,13 +172,15 @@ def train_networks(
     data_root: str | Path | None = None,
     download: bool = False,
     compile: bool | str = "auto",
+    precision: str = "fp32",
 ) -> TrainedNetworks:
     """Train ``runs`` fresh networks on a distilled set with the evaluation protocol.
 
     Network i is initialised and trained under seed ``seed + i``. Arguments as
     :func:`evaluate`; ``on_network(i, net)`` is called as each network is done;
     ``run_indices`` trains only those of the runs 0..runs−1 (a process's share); ``compile``
-    as :func:`evaluate` (the decision and its reason in ``settings["compiled"]``). ``elf``
+    and ``precision`` as :func:`evaluate` (recorded in ``settings["compiled"]`` and
+    ``settings["precision"]``). ``elf``
     (an :class:`~ddkit.evaluate.elf.ELFConfig` or ``True``) trains with ELF's feature teacher
     (:mod:`ddkit.evaluate.elf`; its real training split is ``train`` or loaded by the set's
     dataset name from ``data_root``, downloaded only with ``download``).
@@ -187,7 +190,7 @@ def train_networks(
     """
     ds = distilled if isinstance(distilled, DistilledSet) else DistilledSet.load(distilled)
     cfg = _config(model=model, runs=runs, epochs=epochs, augment=augment, seed=seed, batch_size=batch_size,
-                  protocol=protocol, compile=compile)
+                  protocol=protocol, compile=compile, precision=precision)
     chosen = resolve(cfg.protocol, ds, teacher is not None)
     dev = resolve_device(device)
     c, size = ds.images.shape[1], ds.images.shape[-1]
@@ -245,6 +248,9 @@ def train_networks(
         settings["elf"] = {**ecfg.model_dump(), "teacher": {k: teacher.info.get(k) for k in
                                                             ("model", "epochs", "images_per_class", "seconds")}}
     if recipe is not None and recipe.fit_fn is not None:
+        if cfg.precision != "fp32":
+            raise ConfigError(f"precision {cfg.precision} applies to the dsa, dc and soft protocols; the "
+                              f"{recipe.name} protocol runs its own loop in FP32")
         use, why = False, f"the {recipe.name} protocol runs its own loop (eager)"
     elif "loss_fn" in parts:
         use, why = False, "ELF's loss calls the network's parts (eager)"
@@ -254,7 +260,10 @@ def train_networks(
             steps = min(steps, recipe.max_steps)
         use, why = decide_compile(cfg.compile, steps, dev, unit="optimiser steps per network", threshold=500)
         parts["compile"] = use
+    if recipe is None or recipe.fit_fn is None:
+        parts["precision"] = cfg.precision
     settings["compiled"] = {"used": use, "reason": why}
+    settings["precision"] = describe_precision(cfg.precision, dev, "forward and loss of each training step")
     nets: list[nn.Module] = []
     t0 = time.perf_counter()
     for i in (range(cfg.runs) if run_indices is None else run_indices):
@@ -314,6 +323,7 @@ def evaluate(
     bias: bool | None = None,
     bias_rho: float = 0.5,
     compile: bool | str = "auto",
+    precision: str = "fp32",
 ) -> EvalResult:
     """Train ``runs`` fresh networks on a distilled set and test them on the real test set.
 
@@ -353,6 +363,11 @@ def evaluate(
             rounding differs from eager; on a 2-core AMD EPYC about 1.4× faster per
             ConvNet-3 step, 1.28× for a whole 300-epoch network with its compiling first step
             (docs/methods.md, "Speed"). Recorded in ``settings["compiled"]``.
+        precision: ``"fp32"`` (default, the papers') or ``"bf16"``: each training step's
+            forward and loss under bf16 autocast (weights, gradients, optimiser and the test
+            pass FP32). Not exact, so never the default; pays only with bf16 matrix units
+            (Intel AMX, ``avx512_bf16``, CUDA); not for ``frepo``/``kip`` (own loops).
+            Recorded in ``settings["precision"]`` with the units found.
 
     Returns:
         :class:`EvalResult` with accuracies in [0, 1], overall and per class, and ``bias``.
@@ -363,7 +378,8 @@ def evaluate(
             teacher, a teacher with ``hard``, a teacher that does not fit the set, or a
             test set whose image shape or classes differ from the set's; bias metrics asked
             (``bias=True``) of a dataset without attributes; ``bias_rho`` outside (0, 1);
-            ``compile`` not ``True``/``False``/``"auto"``, or a network that does not compile.
+            ``compile`` not ``True``/``False``/``"auto"``, or a network that does not compile;
+            ``precision`` not fp32/bf16, or bf16 with the ``frepo``/``kip`` protocol.
         ModelError: the model does not fit the images.
         DatasetNotFoundError: the test set cannot be found.
     """
@@ -371,7 +387,7 @@ def evaluate(
 
     ds = distilled if isinstance(distilled, DistilledSet) else DistilledSet.load(distilled)
     _config(model=model, runs=runs, epochs=epochs, augment=augment, seed=seed, batch_size=batch_size,
-            protocol=protocol, compile=compile)
+            protocol=protocol, compile=compile, precision=precision)
     test = _test_split(ds, test, data_root, download)
     plan = None
     if bias or (bias is None and test.attributes is not None):
@@ -398,7 +414,8 @@ def evaluate(
     trained = train_networks(ds, model=model, runs=runs, epochs=epochs, augment=augment,
                              device=parallel.rank_device(device), seed=seed, batch_size=batch_size,
                              protocol=protocol, teacher=teacher, on_network=score, run_indices=mine, elf=elf,
-                             train=train, data_root=data_root, download=download, compile=compile)
+                             train=train, data_root=data_root, download=download, compile=compile,
+                             precision=precision)
     results = sorted(parallel.gather(done), key=lambda r: r[0])
     accs = [acc for _, acc, _, _ in results]
     pc = torch.tensor([row for _, _, row, _ in results], dtype=torch.float64)
