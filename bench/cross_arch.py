@@ -171,11 +171,11 @@ def _mtt_budget(config: dict) -> str:
 
 def render(blocks: list[dict]) -> str:
     lines = ["# Cross-architecture evaluation, plain and with ELF, beside a random real subset", "",
-             "Written by `bench/cross_arch.py` (one block per distilled set and evaluation budget; the command of each is under "
-             "its table). Each cell: mean ± population std of test accuracy (%) over the networks, each scored "
-             "after its last epoch on the full test set; the random subset has the set's IPC, is drawn with "
-             "the same seed and is trained the same way. ELF (evaluation with distillation features; Zhao et al., "
-             "arXiv 2312.05598) applies where "
+             "Written by `bench/cross_arch.py` (one block per distilled set and evaluation budget; the command of "
+             "each is under its table). Each cell: mean ± population std of test accuracy (%) over the networks, "
+             "each scored after its last epoch on the full test set; the random subset has the set's IPC, is "
+             "drawn with the same seed and is trained the same way. ELF (evaluation with distillation "
+             "features; Zhao et al., arXiv 2312.05598) applies where "
              "the architecture has a split point (ConvNet, VGG-11, ResNet-18); its teacher is ddkit's reduced "
              "default (settings below), not the authors' width-512 ConvNet trained 100 epochs on the full set.",
              ""]

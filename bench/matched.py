@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reference-figure", default="")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="evaluation training precision (bf16: autocast; DM's real branch: --set real_bf16=true)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +87,7 @@ def main() -> None:
         t_distil = time.perf_counter() - t0
     t1 = time.perf_counter()
     res = ddkit.evaluate(ds, runs=args.runs, epochs=args.epochs, protocol=args.protocol, test=test, train=real,
-                         seed=args.seed)
+                         seed=args.seed, precision=args.precision)
     t_eval = time.perf_counter() - t1
     row = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "iterations": ds.extra.get("iterations"),
            "config": ds.config, "protocol": res.protocol, "settings": res.settings, "model": res.model,
@@ -94,13 +96,17 @@ def main() -> None:
            "distilled_file": None if args.distilled is None else args.distilled.name,
            "buffer": ds.extra.get("buffer"), "buffer_seconds": args.buffer_seconds,
            "pixel_overflow": ds.extra.get("pixel_overflow"), "compiled": ds.extra.get("compiled"),
+           "precision": {"distil": (ds.extra.get("precision") or {}).get("precision", "fp32"),
+                         "evaluate": res.settings["precision"]["precision"]},
            "load_average_before": load0, "load_average_after": os.getloadavg(), "machine": machine(),
            "threads": torch.get_num_threads(), "reference_figure": args.reference_figure,
            "date": time.strftime("%Y-%m-%d")}
     js = OUT.with_suffix(".json")
     rows = json.loads(js.read_text())["rows"] if js.exists() else []
-    key = (row["dataset"], row["method"], row["ipc"], row["iterations"], row["settings"]["name"])
-    rows = [r for r in rows if (r["dataset"], r["method"], r["ipc"], r["iterations"], r["settings"]["name"]) != key]
+    def key(r: dict) -> tuple:
+        return (r["dataset"], r["method"], r["ipc"], r["iterations"], r["settings"]["name"], _precision(r))
+
+    rows = [r for r in rows if key(r) != key(row)]
     rows.append(row)
     js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps({"rows": rows}, indent=2))
@@ -116,6 +122,13 @@ def _secs(r: dict) -> str:
     if r.get("buffer_seconds") is not None:
         out += f" + {r['buffer_seconds']:.0f} buffer"
     return out
+
+
+def _precision(r: dict) -> str:
+    """'' for FP32 throughout, else where bf16 autocast ran."""
+    p = r.get("precision") or {}
+    parts = [f"{k} bf16" for k in ("distil", "evaluate") if p.get(k) == "bf16"]
+    return ", ".join(parts)
 
 
 def _budget(r: dict) -> str:
@@ -136,12 +149,13 @@ def render(rows: list[dict]) -> str:
              "made earlier (one row per invocation; "
              "matched.json holds each row's resolved method config and protocol settings). "
              "Accuracy: mean ± population std over the evaluation networks, each scored after its last epoch "
-             "on the full test set.", "",
+             "on the full test set. FP32 unless the budget says where bf16 autocast ran (`--set real_bf16=true`: "
+             "DM's no-grad real branch; `--precision bf16`: the evaluation training steps).", "",
              "| dataset | method | IPC | budget | protocol | networks × epochs | test accuracy % | per network | "
              "distil / evaluate (s) | cpu, threads, load | authors' code, same budget |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"] != "random", r["method"])):
-        budget = _budget(r)
+        budget = _budget(r) + (f" ({_precision(r)})" if _precision(r) else "")
         load = f"{r['load_average_before'][0]:.1f}→{r['load_average_after'][0]:.1f}"
         lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {budget} | {r['settings']['name']} "
                      f"({r['model']}) | {r['runs']} × {r['epochs']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | "
