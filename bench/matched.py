@@ -11,6 +11,8 @@ One invocation adds (or replaces) one row of ``bench/results/matched.{json,md}``
 ``--distilled`` evaluates a set made earlier (by ``ddkit distill`` or another benchmark) instead
 of distilling one; its method, IPC, iterations and config come from the file, and
 ``--distill-seconds`` records how long it took to make (the row says the time was given).
+``--save FILE`` keeps the distilled set; ``--clipped`` evaluates it clamped to [0, 1] pixels
+(``DistilledSet.clipped()``, what ddkit < 0.3 stored), to measure what the clamp cost.
 ``--buffer-seconds`` records how long MTT's expert buffer took to build (shown beside the
 distillation time), e.g. ``--method mtt --iterations 30 --set buffer=DIR max_start_epoch=5
 --buffer-seconds S``.
@@ -59,6 +61,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reference-figure", default="")
+    ap.add_argument("--save", type=Path, default=None, help="also write the distilled set here (.safetensors)")
+    ap.add_argument("--clipped", action="store_true",
+                    help="evaluate the set clamped to [0, 1] pixels (DistilledSet.clipped(): the old clamp's cost)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="evaluation training precision (bf16: autocast; DM's real branch: --set real_bf16=true)")
     args = ap.parse_args()
@@ -85,6 +90,10 @@ def main() -> None:
         ds = ddkit.distill(real, args.method, args.ipc, iterations=args.iterations, config=config, seed=args.seed,
                            progress=False)
         t_distil = time.perf_counter() - t0
+        if args.save is not None:
+            ds.save(args.save)
+    if args.clipped:
+        ds = ds.clipped()
     t1 = time.perf_counter()
     res = ddkit.evaluate(ds, runs=args.runs, epochs=args.epochs, protocol=args.protocol, test=test, train=real,
                          seed=args.seed, precision=args.precision)
@@ -95,7 +104,8 @@ def main() -> None:
            "distill_seconds": None if t_distil is None else round(t_distil, 1), "eval_seconds": round(t_eval, 1),
            "distilled_file": None if args.distilled is None else args.distilled.name,
            "buffer": ds.extra.get("buffer"), "buffer_seconds": args.buffer_seconds,
-           "pixel_overflow": ds.extra.get("pixel_overflow"), "compiled": ds.extra.get("compiled"),
+           "pixel_overflow": ds.extra.get("pixel_overflow"), "clipped": args.clipped,
+           "compiled": ds.extra.get("compiled"),
            "precision": {"distil": (ds.extra.get("precision") or {}).get("precision", "fp32"),
                          "evaluate": res.settings["precision"]["precision"]},
            "load_average_before": load0, "load_average_after": os.getloadavg(), "machine": machine(),
@@ -104,7 +114,8 @@ def main() -> None:
     js = OUT.with_suffix(".json")
     rows = json.loads(js.read_text())["rows"] if js.exists() else []
     def key(r: dict) -> tuple:
-        return (r["dataset"], r["method"], r["ipc"], r["iterations"], r["settings"]["name"], _precision(r))
+        return (r["dataset"], r["method"], r["ipc"], r["iterations"], r["settings"]["name"], _precision(r),
+                bool(r.get("clipped")))
 
     rows = [r for r in rows if key(r) != key(row)]
     rows.append(row)
@@ -155,7 +166,8 @@ def render(rows: list[dict]) -> str:
              "distil / evaluate (s) | cpu, threads, load | authors' code, same budget |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"] != "random", r["method"])):
-        budget = _budget(r) + (f" ({_precision(r)})" if _precision(r) else "")
+        budget = _budget(r) + (f" ({_precision(r)})" if _precision(r) else "") + \
+            (", clamped to [0, 1] before evaluation" if r.get("clipped") else "")
         load = f"{r['load_average_before'][0]:.1f}→{r['load_average_after'][0]:.1f}"
         lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {budget} | {r['settings']['name']} "
                      f"({r['model']}) | {r['runs']} × {r['epochs']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | "
