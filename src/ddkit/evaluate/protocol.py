@@ -217,6 +217,9 @@ def train_networks(
         recipe = recipes.make_recipe(chosen, ds, epochs=cfg.epochs, augment=cfg.augment, batch_size=cfg.batch_size,
                                      model=cfg.model)
         arch, tcfg, desc, settings = recipe.model, recipe.train, recipe.desc, recipe.settings
+        if recipe.fit_fn is not None and cfg.precision != "fp32":
+            raise ConfigError(f"precision {cfg.precision} applies to the dsa, dc, frepo and soft protocols; the "
+                              f"{recipe.name} protocol runs its own loop in FP32")
         x, y = ds.normalized_images().to(dev), ds.labels.to(dev)
         parts = {}
     validation = None
@@ -248,9 +251,6 @@ def train_networks(
         settings["elf"] = {**ecfg.model_dump(), "teacher": {k: teacher.info.get(k) for k in
                                                             ("model", "epochs", "images_per_class", "seconds")}}
     if recipe is not None and recipe.fit_fn is not None:
-        if cfg.precision != "fp32":
-            raise ConfigError(f"precision {cfg.precision} applies to the dsa, dc and soft protocols; the "
-                              f"{recipe.name} protocol runs its own loop in FP32")
         use, why = False, f"the {recipe.name} protocol runs its own loop (eager)"
     elif "loss_fn" in parts:
         use, why = False, "ELF's loss calls the network's parts (eager)"
@@ -366,7 +366,7 @@ def evaluate(
         precision: ``"fp32"`` (default, the papers') or ``"bf16"``: each training step's
             forward and loss under bf16 autocast (weights, gradients, optimiser and the test
             pass FP32). Not exact, so never the default; pays only with bf16 matrix units
-            (Intel AMX, ``avx512_bf16``, CUDA); not for ``frepo``/``kip`` (own loops).
+            (Intel AMX, ``avx512_bf16``, CUDA); not for ``kip`` (its own FP32 loop).
             Recorded in ``settings["precision"]`` with the units found.
 
     Returns:
@@ -379,7 +379,7 @@ def evaluate(
             test set whose image shape or classes differ from the set's; bias metrics asked
             (``bias=True``) of a dataset without attributes; ``bias_rho`` outside (0, 1);
             ``compile`` not ``True``/``False``/``"auto"``, or a network that does not compile;
-            ``precision`` not fp32/bf16, or bf16 with the ``frepo``/``kip`` protocol.
+            ``precision`` not fp32/bf16, or bf16 with the ``kip`` protocol.
         ModelError: the model does not fit the images.
         DatasetNotFoundError: the test set cannot be found.
     """
