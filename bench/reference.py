@@ -208,6 +208,12 @@ def compare(ref: Path, methods: list[str], iterations: int, eval_epochs: int, re
     return rows
 
 
+def _rounds(row: dict, form: str, key: str, digits: int) -> str:
+    """'ref / form' per round, e.g. '2.71 / 2.20 ; 2.99 / 2.08'."""
+    return " ; ".join(f"{a[key]:.{digits}f} / {b[key]:.{digits}f}"
+                      for a, b in zip(row["runs"]["reference"], row["runs"][form], strict=True))
+
+
 def render(rows: list[dict], host: dict, threads: int, note: str) -> str:
     lines = ["# ddkit vs the authors' code (VICO-UoE/DatasetCondensation), side by side", "",
              f"CPU {host['cpu']}, torch {host['torch']}, {threads} thread(s) in both; rounds alternate reference and "
@@ -221,29 +227,24 @@ def render(rows: list[dict], host: dict, threads: int, note: str) -> str:
                          f"`{r['reference_error']}` | | | | |")
             continue
         m = r["median_seconds_per_iteration"]
-        rounds = " ; ".join(f"{a['seconds_per_iteration']:.2f} / {b['seconds_per_iteration']:.2f}"
-                            for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit"], strict=True))
         load = ", ".join(f"{v:.2f}" for v in r["load_average"])
-        lines.append(f"| {r['method'].upper()} iteration | {r['ipc']} | {m['reference']:.2f} | {m['ddkit']:.2f} | "
-                     f"{r['ratio']:.2f}× | {rounds} | {load} |")
+        forms = [("ddkit", "ratio", "")]
         if "ratio_bf16" in r:
-            rounds = " ; ".join(f"{a['seconds_per_iteration']:.2f} / {b['seconds_per_iteration']:.2f}"
-                                for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit_bf16"], strict=True))
-            lines.append(f"| {r['method'].upper()} iteration, ddkit's real branch under bf16 autocast (`real_bf16`) | "
-                         f"{r['ipc']} | {m['reference']:.2f} | {m['ddkit_bf16']:.2f} | {r['ratio_bf16']:.2f}× | "
-                         f"{rounds} | {load} |")
+            forms.append(("ddkit_bf16", "ratio_bf16", ", ddkit's real branch under bf16 autocast (`real_bf16`)"))
+        for form, ratio, label in forms:
+            lines.append(f"| {r['method'].upper()} iteration{label} | {r['ipc']} | {m['reference']:.2f} | "
+                         f"{m[form]:.2f} | {r[ratio]:.2f}× | {_rounds(r, form, 'seconds_per_iteration', 2)} | "
+                         f"{load} |")
         if "eval_ratio" in r:
             e = r["median_eval_seconds"]
-            rounds = " ; ".join(f"{a['eval_seconds']:.1f} / {b['eval_seconds']:.1f}"
-                                for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit"], strict=True))
             how = ", compiled (incl. compiling)" if all(b.get("eval_compiled") for b in r["runs"]["ddkit"]) else ""
-            lines.append(f"| evaluation: 1 ConvNet-3, {r['eval_epochs']} epochs, 100 images, DSA, + test{how} | 10 | "
-                         f"{e['reference']:.1f} | {e['ddkit']:.1f} | {r['eval_ratio']:.2f}× | {rounds} | {load} |")
+            forms = [("ddkit", "eval_ratio",
+                      f"evaluation: 1 ConvNet-3, {r['eval_epochs']} epochs, 100 images, DSA, + test{how}")]
             if "eval_ratio_bf16" in r:
-                rounds = " ; ".join(f"{a['eval_seconds']:.1f} / {b['eval_seconds']:.1f}"
-                                    for a, b in zip(r["runs"]["reference"], r["runs"]["ddkit_bf16"], strict=True))
-                lines.append(f"| evaluation as above, ddkit's training steps under bf16 autocast (`--precision "
-                             f"bf16`) | 10 | {e['reference']:.1f} | {e['ddkit_bf16']:.1f} | "
-                             f"{r['eval_ratio_bf16']:.2f}× | {rounds} | {load} |")
+                forms.append(("ddkit_bf16", "eval_ratio_bf16",
+                              "evaluation as above, ddkit's training steps under bf16 autocast (`--precision bf16`)"))
+            for form, ratio, label in forms:
+                lines.append(f"| {label} | 10 | {e['reference']:.1f} | {e[form]:.1f} | {r[ratio]:.2f}× | "
+                             f"{_rounds(r, form, 'eval_seconds', 1)} | {load} |")
     lines += ["", note] if note else []
     return "\n".join(lines) + "\n"
