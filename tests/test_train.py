@@ -140,6 +140,7 @@ def test_bf16_training_runs_under_autocast_keeps_fp32_weights_and_is_recorded(da
     got = ddkit.train_networks(ds, model="convnet-w32", runs=1, epochs=2, device="cpu", precision="bf16")
     assert got.settings["precision"]["precision"] == "bf16"
     assert "bf16_units" in got.settings["precision"]
+    assert got.protocol.endswith("bf16 autocast (forward and loss)")
     assert ddkit.train_networks(ds, model="convnet-w32", runs=1, epochs=1, device="cpu"
                                 ).settings["precision"] == {"precision": "fp32"}
     with pytest.raises(ConfigError, match="precision"):

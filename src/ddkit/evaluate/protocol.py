@@ -264,6 +264,8 @@ def train_networks(
         parts["precision"] = cfg.precision
     settings["compiled"] = {"used": use, "reason": why}
     settings["precision"] = describe_precision(cfg.precision, dev, "forward and loss of each training step")
+    if cfg.precision == "bf16":
+        desc += "; bf16 autocast (forward and loss)"
     nets: list[nn.Module] = []
     t0 = time.perf_counter()
     for i in (range(cfg.runs) if run_indices is None else run_indices):
