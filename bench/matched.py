@@ -75,8 +75,8 @@ def main() -> None:
         config[k] = json.loads(v) if v[:1] in "0123456789-[{tf" and v not in ("t", "f") else v
     if (args.method is None) == (args.distilled is None):
         ap.error("give exactly one of --method and --distilled")
-    if args.distilled is not None and (args.set or args.iterations is not None):
-        ap.error("--set and --iterations describe a distillation; a --distilled set carries its own")
+    if args.distilled is not None and (args.set or args.iterations is not None or args.save is not None):
+        ap.error("--set, --iterations and --save describe a distillation; a --distilled set carries its own")
     if args.distilled is not None:
         given = ddkit.DistilledSet.load(args.distilled)
         args.dataset, args.method, args.ipc = given.dataset, given.method, given.ipc
