@@ -135,6 +135,11 @@ def _secs(r: dict) -> str:
     return out
 
 
+def _acc(r: dict) -> str:
+    """Mean ± std in %; one network has no spread to show."""
+    return f"{100 * r['mean']:.2f}" + (f" ± {100 * r['std']:.2f}" if r["runs"] > 1 else " (1 network)")
+
+
 def _precision(r: dict) -> str:
     """'' for FP32 throughout, else where bf16 autocast ran."""
     p = r.get("precision") or {}
@@ -170,7 +175,7 @@ def render(rows: list[dict]) -> str:
             (", clamped to [0, 1] before evaluation" if r.get("clipped") else "")
         load = f"{r['load_average_before'][0]:.1f}→{r['load_average_after'][0]:.1f}"
         lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {budget} | {r['settings']['name']} "
-                     f"({r['model']}) | {r['runs']} × {r['epochs']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | "
+                     f"({r['model']}) | {r['runs']} × {r['epochs']} | {_acc(r)} | "
                      f"{', '.join(f'{100 * a:.2f}' for a in r['accuracies'])} | {_secs(r)} / "
                      f"{r['eval_seconds']:.0f} | {short_cpu(r['machine']['cpu'])}, {r['threads']}, {load} | "
                      f"{r['reference_figure'] or '—'} |")

@@ -113,7 +113,7 @@ def test_a_training_that_does_not_compile_is_a_config_error(data):
     torch._dynamo.reset()  # no half-compiled state for later tests
 
 
-def test_bf16_training_runs_under_autocast_keeps_fp32_weights_and_is_recorded(data, digits, monkeypatch):
+def test_bf16_training_runs_under_autocast_keeps_fp32_weights_and_is_recorded(data, digits):
     """precision="bf16": the forward runs in bf16 (checked inside the network), the weights
     stay FP32, the network still learns; evaluation records the setting; bad values and the
     protocols with their own FP32 loop are refused."""

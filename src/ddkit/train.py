@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
 
 from ddkit.errors import ConfigError
 from ddkit.models.zoo import check_input
+from ddkit.utils import check_precision
 
 __all__ = ["LOSSES", "TrainConfig", "accuracy", "confusion", "make_optimizer", "predict", "train_loss", "train_model"]
 
@@ -202,8 +203,7 @@ def train_model(
             ``precision`` not fp32/bf16.
     """
     check_input(model, images)
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision must be fp32 or bf16, not {precision!r}")
+    check_precision(precision)
     n = images.shape[0]
     if sample_weights is not None:
         if sample_weights.shape != (n,) or bool((sample_weights < 0).any()) or not float(sample_weights.sum()) > 0:

@@ -298,15 +298,32 @@ def bf16_units(device: torch.device) -> str | None:
     return None
 
 
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is ``"fp32"`` or ``"bf16"``.
+
+    Raises:
+        ConfigError: any other value (one line naming it).
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision must be fp32 or bf16, not {precision!r}")
+    return precision
+
+
 def describe_precision(precision: str, device: torch.device, where: str) -> dict[str, object]:
-    """The record of a ``precision`` setting (``"fp32"`` or ``"bf16"``) for a result's metadata.
+    """The record of a ``precision`` setting for a result's metadata.
+
+    Args:
+        precision: ``"fp32"`` or ``"bf16"``. device: where the run computes.
+        where: what ran under bf16 autocast (a phrase, stored as ``autocast``).
+
+    Returns:
+        ``{"precision": "fp32"}``, or for bf16 ``{"precision": "bf16", "autocast": where,
+        "bf16_units": <name from bf16_units, or "none (emulated: slow)">}``.
 
     Raises:
         ConfigError: ``precision`` is neither ``"fp32"`` nor ``"bf16"``.
     """
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision must be fp32 or bf16, not {precision!r}")
-    if precision == "fp32":
+    if check_precision(precision) == "fp32":
         return {"precision": "fp32"}
     units = bf16_units(device)
     return {"precision": "bf16", "autocast": where, "bf16_units": units or "none (emulated: slow)"}
