@@ -6,7 +6,7 @@ import torch
 
 import ddkit
 from ddkit.audit.fairness import fairness
-from ddkit.audit.robustness import adversarial_accuracy, corrupt_images, corruption_accuracy
+from ddkit.audit.robustness import adversarial_accuracy, corrupt_grid, corrupt_images, corruption_accuracy
 from ddkit.errors import ConfigError
 
 
@@ -41,6 +41,17 @@ def test_corruptions_on_28px_grey_images(trained):
     acc = corruption_accuracy(nets.networks[0], test.images, test.labels, test.normalize,
                               corruptions=("gaussian_noise", "contrast"), severities=(1, 5))
     assert set(acc) == {"gaussian_noise", "contrast"} and acc["gaussian_noise"][5] <= acc["gaussian_noise"][1] + 0.05
+    grid = corrupt_grid(test.images, ("gaussian_noise", "contrast"), (1, 5), seed=3)
+    again = corrupt_grid(test.images, ("gaussian_noise", "contrast"), (1, 5), seed=3)
+    assert torch.equal(grid["gaussian_noise"][5], again["gaussian_noise"][5])  # seeded: reproducible
+    assert not torch.equal(grid["gaussian_noise"][5], corrupt_grid(test.images, ("gaussian_noise",), (5,),
+                                                                   seed=4)["gaussian_noise"][5])
+    paired = corruption_accuracy(nets.networks[0], test.images, test.labels, test.normalize,
+                                 corruptions=("gaussian_noise", "contrast"), severities=(1, 5), corrupted=grid)
+    assert paired["contrast"][5] == acc["contrast"][5]  # contrast is deterministic: the same figure either way
+    with pytest.raises(ConfigError, match="no corrupted copy"):
+        corruption_accuracy(nets.networks[0], test.images, test.labels, test.normalize,
+                            corruptions=("fog",), severities=(1,), corrupted=grid)
     with pytest.raises(ConfigError, match="unknown corruption"):
         corrupt_images(x, "rain", 1)
     with pytest.raises(ConfigError, match="severity"):

@@ -33,7 +33,7 @@ import torch
 
 from ddkit.artifact import DistilledSet
 from ddkit.audit.fairness import fairness
-from ddkit.audit.robustness import ATTACKS, CORRUPTIONS, adversarial_accuracy, corruption_accuracy
+from ddkit.audit.robustness import ATTACKS, CORRUPTIONS, adversarial_accuracy, corrupt_grid, corruption_accuracy
 from ddkit.errors import ConfigError
 from ddkit.utils import atomic_path
 
@@ -138,6 +138,7 @@ def audit(distilled: DistilledSet | str | Path, *, parts: tuple[str, ...] = PART
     if "robustness" in parts:
         t0 = time.perf_counter()
         rob: dict[str, Any] = {}
+        grid = corrupt_grid(sub.images, corruptions, severities, seed=seed)  # once: every network sees the same images
         for name, tr in [("distilled", target), *base.items()]:
             clean = _per_class(tr.networks, sub, tr.normalize, k).mean()
             adv = {f"{a}@{e:.4f}": float(np.mean([adversarial_accuracy(n, sub.images, sub.labels, ds.mean, ds.std,
@@ -145,7 +146,7 @@ def audit(distilled: DistilledSet | str | Path, *, parts: tuple[str, ...] = PART
                                                    for n in tr.networks]))
                    for a in attacks for e in eps}
             corr = [corruption_accuracy(n, sub.images, sub.labels, tr.normalize, corruptions=corruptions,
-                                        severities=severities) for n in tr.networks]
+                                        severities=severities, corrupted=grid) for n in tr.networks]
             mean_corr = {c: {s: float(np.mean([r[c][s] for r in corr])) for s in severities} for c in corruptions}
             rob[name] = {"clean": float(clean), "adversarial": adv, "corruptions": mean_corr,
                          "corruption_mean": float(np.mean([v for c in mean_corr.values() for v in c.values()]))

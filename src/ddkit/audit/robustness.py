@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ddkit.errors import ConfigError
 
-__all__ = ["ATTACKS", "CORRUPTIONS", "adversarial_accuracy", "corrupt_images", "corruption_accuracy"]
+__all__ = ["ATTACKS", "CORRUPTIONS", "adversarial_accuracy", "corrupt_grid", "corrupt_images", "corruption_accuracy"]
 
 ATTACKS = ("fgsm", "pgd", "autoattack")
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
@@ -109,16 +109,47 @@ def corrupt_images(images: torch.Tensor, corruption: str, severity: int) -> torc
     return torch.from_numpy(np.stack(out))
 
 
+def corrupt_grid(images: torch.Tensor, corruptions: tuple[str, ...] = CORRUPTIONS,
+                 severities: tuple[int, ...] = (1, 2, 3, 4, 5), *, seed: int = 0
+                 ) -> dict[str, dict[int, torch.Tensor]]:
+    """Every (corruption, severity) copy of uint8 ``images`` N×C×H×W, made once so that several
+    networks are scored on the same corrupted images (paired, and each image corrupted once).
+    ``imagecorruptions`` draws from NumPy's global generator: it is seeded with ``seed`` here
+    (the caller's global state is restored afterwards), so the grid is reproducible.
+
+    Raises:
+        ConfigError: as :func:`corrupt_images`.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return {name: {s: corrupt_images(images, name, s) for s in severities} for name in corruptions}
+    finally:
+        np.random.set_state(state)
+
+
 def corruption_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize, *,
-                        corruptions: tuple[str, ...] = CORRUPTIONS, severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+                        corruptions: tuple[str, ...] = CORRUPTIONS, severities: tuple[int, ...] = (1, 2, 3, 4, 5),
+                        corrupted: dict[str, dict[int, torch.Tensor]] | None = None
                         ) -> dict[str, dict[int, float]]:
     """Accuracy in [0, 1] of ``net`` per corruption and severity on uint8 ``images`` N×C×H×W;
-    ``normalize`` maps a float [0, 1] batch to the network's input."""
+    ``normalize`` maps a float [0, 1] batch to the network's input. ``corrupted``: the
+    corrupted copies from :func:`corrupt_grid` of these images (made here when not given).
+
+    Raises:
+        ConfigError: as :func:`corrupt_images`, or ``corrupted`` lacks a requested cell.
+    """
     from ddkit.train import accuracy
 
     out: dict[str, dict[int, float]] = {}
     for name in corruptions:
         out[name] = {}
         for s in severities:
-            out[name][s] = accuracy(net, corrupt_images(images, name, s), labels, normalize=normalize)
+            if corrupted is None:
+                x = corrupt_images(images, name, s)
+            elif s not in corrupted.get(name, {}):
+                raise ConfigError(f"no corrupted copy for {name} at severity {s}; make them with corrupt_grid")
+            else:
+                x = corrupted[name][s]
+            out[name][s] = accuracy(net, x, labels, normalize=normalize)
     return out
