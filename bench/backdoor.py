@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--victims", default="convnet,mlp,lenet,alexnet,vgg11,resnet18")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=None, help="default: the protocol's (1000)")
+    ap.add_argument("--no-augment", action="store_true",
+                    help="train the victims without DSA augmentation (which moves and flips a corner patch)")
     ap.add_argument("--scan", action="store_true", help="also run ddkit scan on each set")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -76,7 +78,7 @@ def main() -> None:
         attack, attack_seconds = _attack(ds)
         load0 = os.getloadavg()
         m = measure(ds, args.target, trigger=trigger, victims=victims, runs=args.runs, epochs=args.epochs,
-                    seed=args.seed)
+                    augment=not args.no_augment, seed=args.seed)
         scan_summary = None
         if args.scan:
             from ddkit.backdoor_scan import scan
@@ -86,20 +88,33 @@ def main() -> None:
         base = {"label": label, "file": str(file.relative_to(ROOT) if file.is_absolute() else file),
                 "dataset": ds.dataset, "method": ds.method, "ipc": ds.ipc, "iterations": ds.extra.get("iterations"),
                 "attack": attack, "attack_seconds": attack_seconds, "target": args.target, "trigger": m.trigger,
-                "runs": m.runs, "epochs": m.epochs, "measure_seconds": m.seconds, "scan": scan_summary,
+                "runs": m.runs, "epochs": m.epochs, "augment": not args.no_augment, "measure_seconds": m.seconds,
+                "scan": scan_summary,
                 "load_average_before": load0, "load_average_after": os.getloadavg(), "machine": machine(),
                 "threads": torch.get_num_threads(), "command": command, "date": time.strftime("%Y-%m-%d")}
         for v in m.victims:
             row = {**base, "victim": v["model"], "cta": v["cta"], "cta_std": v["cta_std"], "asr": v["asr"],
                    "asr_std": v["asr_std"], "asr_all_classes": v["asr_all_classes"], "runs_cta": v["runs_cta"],
                    "runs_asr": v["runs_asr"], "protocol": v["protocol"]}
-            key = (row["file"], row["victim"], row["trigger"], row["epochs"])
-            rows = [r for r in rows if (r["file"], r["victim"], r["trigger"], r["epochs"]) != key]
+            key = _key(row)
+            rows = [r for r in rows if _key(r) != key]
             rows.append(row)
         js.parent.mkdir(parents=True, exist_ok=True)
         js.write_text(json.dumps({"rows": rows}, indent=2))
         OUT.with_suffix(".md").write_text(render(rows))
         print(f"{label}: {attack}, measured in {m.seconds:.0f} s", flush=True)
+
+
+_VICTIM_ORDER = {v: i for i, v in enumerate(("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18"))}
+
+
+def _key(r: dict) -> tuple:
+    return r["file"], r["victim"], r["trigger"], r["epochs"], r.get("augment", True)
+
+
+def _order(r: dict) -> tuple:
+    return (r["dataset"], r["method"], r["ipc"], r["trigger"], not r.get("augment", True), r["attack"] != "clean",
+            r["label"], _VICTIM_ORDER.get(r["victim"], 99), r["victim"])
 
 
 def _units(m: dict) -> str:
@@ -117,12 +132,12 @@ def render(rows: list[dict]) -> str:
              "test accuracy; ASR: triggered test images of the non-target classes classified as the target; "
              "'ASR all' counts every test image, target class included (the authors' codes' definition). "
              "A clean set is measured under the same trigger, so its ASR is what the trigger alone does. "
-             "Victims are trained with the `hard` protocol (SGD, DSA augmentation) for the epochs shown; "
+             "Victims are trained with the `hard` protocol (SGD, DSA augmentation, unless the row says 'no aug.') "
+             "for the epochs shown; "
              "the protocol's own length is 1000 epochs.", "",
              "| set | attack (time) | victim | runs × epochs | CTA % | ASR % | ASR all % | scan (NC flag, index) "
              "| CPU, threads, load |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["method"], r["ipc"], r["trigger"], r["attack"] != "clean",
-                                         r["label"], r["victim"])):
+    for r in sorted(rows, key=_order):
         t = f" ({r['attack_seconds']:.0f} s)" if r.get("attack_seconds") else ""
         sc = "—"
         if r.get("scan"):
@@ -130,7 +145,8 @@ def render(rows: list[dict]) -> str:
             sc = ("flagged" if v.get("suspicious") else "clean") + \
                 (f", {v['score']:.2f}" if isinstance(v.get("score"), float) else "")
         lines.append(f"| {r['dataset']} {r['method']} IPC {r['ipc']} ({r['label']}) | {r['attack']}{t} | "
-                     f"{r['victim']} | {r['runs']} × {r['epochs']} | {_pct(r['cta'], r['cta_std'], r['runs'])} | "
+                     f"{r['victim']} | {r['runs']} × {r['epochs']}{'' if r.get('augment', True) else ', no aug.'} | "
+                     f"{_pct(r['cta'], r['cta_std'], r['runs'])} | "
                      f"{_pct(r['asr'], r['asr_std'], r['runs'])} | {100 * r['asr_all_classes']:.2f} | {sc} | "
                      f"{short_cpu(r['machine']['cpu'])} (bf16: {_units(r['machine'])}), {r['threads']}, "
                      f"{r['load_average_before'][0]:.2f}→{r['load_average_after'][0]:.2f} |")
