@@ -1,5 +1,7 @@
 """Backdoor attacks: triggers, NAIVEATTACK's poisoned data, Dark Distillation, and CTA/ASR."""
 
+import json
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -80,9 +82,10 @@ def test_attack_cli(digits, tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["attack", "measure", str(tmp_path / "p.safetensors"), "--target", "1", "--victims",
                               "convnet-w32,mlp", "--runs", "1", "--epochs", "1", "--device", "cpu", "--json",
-                              str(tmp_path / "m.json")])
+                              str(tmp_path / "m.json"), "--no-augment"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "m.json").exists() and "ASR" in res.output
+    assert (tmp_path / "m.json").exists() and "ASR" in res.output and "no augmentation" in res.output
+    assert json.loads((tmp_path / "m.json").read_text())["augment"] is False
     for args, text in ((["attack", "dark", str(src), "--out", str(tmp_path / "x.st"), "--target", "12"], "target"),
                        (["attack", "measure", str(src), "--trigger", "patch:size=9"], "does not fit"),
                        (["attack", "dark", str(src), "--out", str(tmp_path / "x.st"), "--trigger", "zap"], "trigger")):

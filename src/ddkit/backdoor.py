@@ -362,6 +362,7 @@ class AttackMetrics:
     runs: int
     epochs: int
     seconds: float
+    augment: bool = True
 
     def to_json(self) -> str:
         import json
@@ -380,6 +381,9 @@ def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | No
     ``trigger``/``trigger_mask`` tensors, or the spec in ``extra["backdoor"]``), else the
     baadd patch. ASR: triggered test images of the non-target classes classified as
     ``target``; ``asr_all_classes``: the authors' codes' count over all test images.
+    ``augment``: train the victims with DSA augmentation (the ``hard`` protocol's); the
+    Poisoned_DD code trains its victims without augmentation (Fashion-MNIST/CIFAR: strategy
+    ``none``) for 50–100 epochs, and DSA's flips and crops move a corner patch.
 
     Raises:
         ConfigError, ArtifactError, ModelError: bad target, trigger, victims (none, or an
@@ -426,5 +430,5 @@ def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | No
                      "asr": statistics.fmean(asr), "asr_std": statistics.pstdev(asr),
                      "asr_all_classes": statistics.fmean(asr_all), "runs_cta": cta, "runs_asr": asr,
                      "protocol": trained.protocol})
-    return AttackMetrics(target, spec, rows, runs, trained.epochs, round(time.perf_counter() - t0, 2))
+    return AttackMetrics(target, spec, rows, runs, trained.epochs, round(time.perf_counter() - t0, 2), augment)
 

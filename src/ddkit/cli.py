@@ -742,6 +742,8 @@ def attack_measure(
         "convnet,mlp,lenet,alexnet,vgg11,resnet18",
     runs: Annotated[int, typer.Option(help="Networks per victim.")] = 2,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the protocol's).")] = None,
+    augment: Annotated[bool, typer.Option(help="Train the victims with DSA augmentation (the hard protocol's); "
+                                               "the Dark Distillation code trains without.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the first network.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON.")] = None,
@@ -756,8 +758,9 @@ def attack_measure(
         check_writable(json_out)
     m = measure(file, target, trigger=Trigger.parse(trigger) if trigger else None,
                 victims=tuple(v.strip() for v in victims.split(",") if v.strip()), runs=runs, epochs=epochs,
-                seed=seed, device=device, data_root=data_root, download=download)
-    table = Table(title=f"{file.name}: target {target}, trigger {m.trigger}, {m.runs} runs × {m.epochs} epochs")
+                augment=augment, seed=seed, device=device, data_root=data_root, download=download)
+    table = Table(title=f"{file.name}: target {target}, trigger {m.trigger}, {m.runs} runs × {m.epochs} epochs"
+                       f"{'' if m.augment else ', no augmentation'}")
     for col in ("victim", "CTA (%)", "ASR non-target (%)", "ASR all classes (%)"):
         table.add_column(col)
     for r in m.victims:
