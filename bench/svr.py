@@ -629,4 +629,7 @@ def _only_extra(args, argv):
 
 
 if __name__ == "__main__":
+    from ddkit import allocator
+
+    allocator.reexec()  # jemalloc where installed: 1.5x on CPU, same numbers (ddkit/allocator.py)
     main()

@@ -121,4 +121,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from ddkit import allocator
+
+    allocator.reexec()  # jemalloc where installed: 1.5x on CPU, same numbers (ddkit/allocator.py)
     main()

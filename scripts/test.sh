@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+eval "$(.venv/bin/python -m ddkit.allocator)"  # jemalloc where installed (speed only)
 .venv/bin/python -m pytest -q "$@"

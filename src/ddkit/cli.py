@@ -844,5 +844,14 @@ def scan(
         out.print(f"wrote {json_out}")
 
 
-if __name__ == "__main__":  # pragma: no cover
+def main() -> None:
+    """The ``ddkit`` console command: re-executed once under jemalloc where it is installed
+    (:mod:`ddkit.allocator`; ``DDKIT_ALLOCATOR=system`` keeps the system's), then the app."""
+    from ddkit import allocator
+
+    allocator.reexec()
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
