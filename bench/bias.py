@@ -119,9 +119,9 @@ def render(cells: list[dict]) -> str:
              "not a remedy (docs/bias.md).", "",
              "| dataset | method | IPC | budget | debias | networks × epochs | unbiased | aligned | conflicting | "
              "distil / evaluate (s) | cpu, threads, load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = {"random": 0}
+    order, remedies = {"random": 0}, {"none": 0, "kde": 1, "oracle": 2}
     for c in sorted(cells, key=lambda c: (c["dataset"], c["ipc"], order.get(c["method"], 1), c["method"],
-                                          c["debias"])):
+                                          remedies.get(c["debias"], 3), c["debias"])):
         b = c["bias"]
         load = f"{c['load_average_before'][0]:.1f}→{c['load_average_after'][0]:.1f}"
         budget = "—" if c["iterations"] is None else f"{c['iterations']} it"
