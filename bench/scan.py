@@ -5,12 +5,12 @@ scanned network's initialisation and Neural Cleanse's start).
     .venv/bin/python bench/scan.py \\
         --set dm=bench/results/sets/fmnist_dm_ipc10_100it_audit0.safetensors \\
         --set dsa=bench/results/sets/fmnist_dsa_ipc10_5it.safetensors \\
-        --set frepo=bench/results/sets/fmnist_frepo_ipc10_200it.safetensors \\
         --set mtt=bench/results/sets/fmnist_mtt_ipc10_30it.safetensors \\
         --set dsa+dark=bench/results/sets/fmnist_dsa_ipc10_5it_dark_t0.safetensors \\
         --seeds 0 1
 
-A set is *poisoned* when its file records a backdoor attack (``extra["backdoor"]``, with
+Sets with learned (soft or regression) labels are skipped with a message: the scan trains
+on hard labels. A set is *poisoned* when its file records a backdoor attack (``extra["backdoor"]``, with
 its target), else *clean*. For each detector (Neural Cleanse, activation clustering,
 spectral signatures; :func:`ddkit.backdoor_scan.scan` with its defaults), the detection
 rate is the share of poisoned (set, seed) scans it flags, the false-alarm rate the share of
@@ -56,6 +56,9 @@ def main() -> None:
         if not sep or not label or not path:
             ap.error(f"--set expects LABEL=FILE, got {spec!r}")
         ds = DistilledSet.load(path)
+        if ds.label_kind != "hard":
+            print(f"{label}: skipped, the scan needs hard labels and this set has {ds.label_kind} labels", flush=True)
+            continue
         rec = ds.extra.get("backdoor") if isinstance(ds.extra.get("backdoor"), dict) else None
         for seed in args.seeds:
             load0 = os.getloadavg()
