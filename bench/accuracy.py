@@ -438,7 +438,5 @@ def efficiency(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    from ddkit import allocator
-
     allocator.reexec()  # jemalloc where installed: 1.5x on CPU, same numbers (ddkit/allocator.py)
     main()

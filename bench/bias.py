@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import ddkit
+from ddkit.cli import _parse_sets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine, short_cpu  # noqa: E402
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--debias", nargs="+", default=["none", "kde", "oracle"])
     ap.add_argument("--iterations", nargs="*", default=[], metavar="METHOD=N")
     ap.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE", dest="settings",
-                    help="a method setting, e.g. dm.compile=true (JSON value, else a string)")
+                    help="a method setting, e.g. dm.compile=true (read as `ddkit distill --set` reads it)")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
     ap.add_argument("--no-random", action="store_true", help="skip the random-subset cell")
@@ -55,15 +56,10 @@ def main() -> None:
     budgets = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.iterations)}
     settings: dict[str, dict] = {}
     for kv in args.settings:
-        key, _, value = kv.partition("=")
-        method_name, _, field = key.partition(".")
-        if not field or not value:
+        method_name, _, setting = kv.partition(".")
+        if not setting or "=" not in setting:
             ap.error(f"--set expects METHOD.KEY=VALUE, got {kv!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        settings.setdefault(method_name, {})[field] = parsed
+        settings.setdefault(method_name, {}).update(_parse_sets([setting]))  # as `ddkit distill --set` reads it
     js = OUT.with_suffix(".json")
     cells = json.loads(js.read_text())["cells"] if js.exists() else []
     command = "bench/bias.py " + shlex.join(sys.argv[1:])
