@@ -64,6 +64,10 @@ def main() -> None:
     ap.add_argument("--save", type=Path, default=None, help="also write the distilled set here (.safetensors)")
     ap.add_argument("--clipped", action="store_true",
                     help="evaluate the set clamped to [0, 1] pixels (DistilledSet.clipped(): the old clamp's cost)")
+    ap.add_argument("--model", default=None, help="evaluation network (default: the protocol's)")
+    ap.add_argument("--teacher", type=Path, default=None,
+                    help="soft protocol: the teacher (a teacher file or a set that ships one, e.g. a CFM set), "
+                         "so a random subset is evaluated under a CFM set's own teacher")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="evaluation training precision (bf16: autocast; DM's real branch: --set real_bf16=true)")
     args = ap.parse_args()
@@ -95,8 +99,9 @@ def main() -> None:
     if args.clipped:
         ds = ds.clipped()
     t1 = time.perf_counter()
-    res = ddkit.evaluate(ds, runs=args.runs, epochs=args.epochs, protocol=args.protocol, test=test, train=real,
-                         seed=args.seed, precision=args.precision)
+    res = ddkit.evaluate(ds, model=args.model, runs=args.runs, epochs=args.epochs, protocol=args.protocol, test=test,
+                         train=real, seed=args.seed, precision=args.precision,
+                         teacher=None if args.teacher is None else str(args.teacher))
     t_eval = time.perf_counter() - t1
     row = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "iterations": ds.extra.get("iterations"),
            "config": ds.config, "protocol": res.protocol, "settings": res.settings, "model": res.model,
@@ -106,6 +111,7 @@ def main() -> None:
            "buffer": ds.extra.get("buffer"), "buffer_seconds": args.buffer_seconds,
            "pixel_overflow": ds.extra.get("pixel_overflow"), "clipped": args.clipped,
            "compiled": ds.extra.get("compiled"),
+           "teacher_file": None if args.teacher is None else args.teacher.name,
            "precision": {"distil": (ds.extra.get("precision") or {}).get("precision", "fp32"),
                          "evaluate": res.settings["precision"]["precision"]},
            "load_average_before": load0, "load_average_after": os.getloadavg(), "machine": machine(),
@@ -115,7 +121,7 @@ def main() -> None:
     rows = json.loads(js.read_text())["rows"] if js.exists() else []
     def key(r: dict) -> tuple:
         return (r["dataset"], r["method"], r["ipc"], r["iterations"], r["settings"]["name"], _precision(r),
-                bool(r.get("clipped")))
+                bool(r.get("clipped")), r["model"], r.get("teacher_file"), json.dumps(r["config"], sort_keys=True))
 
     rows = [r for r in rows if key(r) != key(row)]
     rows.append(row)
@@ -156,7 +162,20 @@ def _budget(r: dict) -> str:
     if b:
         subset = f", {b['train_subset']} img/class" if b.get("train_subset") else ""
         out += f" on {b['experts']} experts × {b['epochs']} epochs{subset}"
+    c = r.get("config") or {}
+    if r["method"] == "cfm":  # the teacher's budget bounds what the soft labels carry
+        sub = "all" if c.get("teacher_subset") is None else c["teacher_subset"]
+        out += f" (teacher {c.get('teacher_model')}: {sub} img/class × {c.get('teacher_epochs')} epochs"
+        out += ", EMU)" if c.get("emu") else ", no EMU)"
+    if r["method"] == "kip":  # RFAD's random-feature kernel at the width and model count run
+        out += (f" (kernel: {c.get('num_models')} model(s) of width {c.get('width')}, "
+                f"{c.get('real_batches')} × {c.get('batch_real')} real images per step)")
     return out
+
+
+def _teacher(r: dict) -> str:
+    """The soft protocol's teacher when it came from another file (a random subset under a CFM set's teacher)."""
+    return f", teacher of {r['teacher_file']}" if r.get("teacher_file") else ""
 
 
 def render(rows: list[dict]) -> str:
@@ -175,7 +194,7 @@ def render(rows: list[dict]) -> str:
             (", clamped to [0, 1] before evaluation" if r.get("clipped") else "")
         load = f"{r['load_average_before'][0]:.1f}→{r['load_average_after'][0]:.1f}"
         lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {budget} | {r['settings']['name']} "
-                     f"({r['model']}) | {r['runs']} × {r['epochs']} | {_acc(r)} | "
+                     f"({r['model']}{_teacher(r)}) | {r['runs']} × {r['epochs']} | {_acc(r)} | "
                      f"{', '.join(f'{100 * a:.2f}' for a in r['accuracies'])} | {_secs(r)} / "
                      f"{r['eval_seconds']:.0f} | {short_cpu(r['machine']['cpu'])}, {r['threads']}, {load} | "
                      f"{r['reference_figure'] or '—'} |")
