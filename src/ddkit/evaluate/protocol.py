@@ -427,6 +427,9 @@ def evaluate(
 
         bias_out = summarise([b for _, _, _, b in results], plan)
     dev = str(next(trained.networks[0].parameters()).device) if trained.networks else str(device)
+    chosen = [getattr(net, "selected", None) for net in trained.networks]
+    if any(c is not None for c in chosen):  # kip: each network's best validation accuracy and steps run
+        trained.settings["selected"] = chosen
     return EvalResult(
         dataset=ds.dataset, method=ds.method, ipc=ds.ipc, model=trained.settings["model"], runs=runs,
         epochs=trained.epochs,
