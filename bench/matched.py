@@ -163,7 +163,10 @@ def _budget(r: dict) -> str:
         subset = f", {b['train_subset']} img/class" if b.get("train_subset") else ""
         out += f" on {b['experts']} experts × {b['epochs']} epochs{subset}"
     c = r.get("config") or {}
-    if r["method"] == "cfm":  # the teacher's budget bounds what the soft labels carry
+    if r["method"] == "cfm" and c.get("teacher"):  # a saved teacher: its own budget is in that file's row
+        out += f" (teacher of {Path(c['teacher']).name}"
+        out += ", EMU)" if c.get("emu") else ", no EMU)"
+    elif r["method"] == "cfm":  # the teacher's budget bounds what the soft labels carry
         sub = "all" if c.get("teacher_subset") is None else c["teacher_subset"]
         out += f" (teacher {c.get('teacher_model')}: {sub} img/class × {c.get('teacher_epochs')} epochs"
         out += ", EMU)" if c.get("emu") else ", no EMU)"
@@ -171,6 +174,18 @@ def _budget(r: dict) -> str:
         out += (f" (kernel: {c.get('num_models')} model(s) of width {c.get('width')}, "
                 f"{c.get('real_batches')} × {c.get('batch_real')} real images per step)")
     return out
+
+
+def _length(r: dict) -> str:
+    """Epochs, or optimiser steps for the protocols that count steps (frepo; kip: a cap, with the
+    steps each network ran before its validation stopped it)."""
+    name = r["settings"]["name"]
+    if name == "frepo":
+        return f"{r['epochs']} steps"
+    if name == "kip":
+        ran = [c["steps"] for c in r["settings"].get("selected") or [] if c]
+        return f"≤ {r['epochs']} steps" + (f" (ran {', '.join(map(str, ran))})" if ran else "")
+    return str(r["epochs"])
 
 
 def _teacher(r: dict) -> str:
@@ -184,7 +199,9 @@ def render(rows: list[dict]) -> str:
              "made earlier (one row per invocation; "
              "matched.json holds each row's resolved method config and protocol settings). "
              "Accuracy: mean ± population std over the evaluation networks, each scored after its last epoch "
-             "on the full test set. FP32 unless the budget says where bf16 autocast ran (`--set real_bf16=true`: "
+             "(kip protocol: the network of its best validation check, as RFAD keeps it) on the full test set. "
+             "For frepo and kip the length is optimiser steps (kip: a cap, and the steps each network ran). "
+             "FP32 unless the budget says where bf16 autocast ran (`--set real_bf16=true`: "
              "DM's no-grad real branch; `--precision bf16`: the evaluation training steps).", "",
              "| dataset | method | IPC | budget | protocol | networks × epochs | test accuracy % | per network | "
              "distil / evaluate (s) | cpu, threads, load | authors' code, same budget |",
@@ -194,7 +211,7 @@ def render(rows: list[dict]) -> str:
             (", clamped to [0, 1] before evaluation" if r.get("clipped") else "")
         load = f"{r['load_average_before'][0]:.1f}→{r['load_average_after'][0]:.1f}"
         lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {budget} | {r['settings']['name']} "
-                     f"({r['model']}{_teacher(r)}) | {r['runs']} × {r['epochs']} | {_acc(r)} | "
+                     f"({r['model']}{_teacher(r)}) | {r['runs']} × {_length(r)} | {_acc(r)} | "
                      f"{', '.join(f'{100 * a:.2f}' for a in r['accuracies'])} | {_secs(r)} / "
                      f"{r['eval_seconds']:.0f} | {short_cpu(r['machine']['cpu'])}, {r['threads']}, {load} | "
                      f"{r['reference_figure'] or '—'} |")
