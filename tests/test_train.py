@@ -5,7 +5,7 @@ import torch
 
 from ddkit.errors import ConfigError
 from ddkit.models import get_model
-from ddkit.train import TrainConfig, accuracy, confusion, predict, train_loss, train_model
+from ddkit.train import TrainConfig, accuracy, confusion, outputs, predict, train_loss, train_model
 
 
 @pytest.fixture()
@@ -148,3 +148,13 @@ def test_bf16_training_runs_under_autocast_keeps_fp32_weights_and_is_recorded(da
     with pytest.raises(ConfigError, match="kip protocol runs its own loop in FP32"):
         ddkit.train_networks(ds, model="convnet-w32", runs=1, epochs=1, device="cpu", precision="bf16",
                              protocol="kip", train=real)
+
+
+def test_outputs_batches_and_restores_mode():
+    net = get_model("mlp", 1, 10, 8)
+    net.train()
+    x = torch.rand(7, 1, 8, 8)
+    out = outputs(net, x, batch_size=3)
+    assert out.shape == (7, 10) and net.training
+    net.eval()
+    torch.testing.assert_close(out, net(x))

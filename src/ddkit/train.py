@@ -26,7 +26,8 @@ from ddkit.errors import ConfigError
 from ddkit.models.zoo import check_input
 from ddkit.utils import check_precision
 
-__all__ = ["LOSSES", "TrainConfig", "accuracy", "confusion", "make_optimizer", "predict", "train_loss", "train_model"]
+__all__ = ["LOSSES", "TrainConfig", "accuracy", "confusion", "make_optimizer", "outputs", "predict", "train_loss",
+           "train_model"]
 
 LOSSES = ("ce", "mse", "sq", "kd")
 
@@ -265,6 +266,22 @@ def _batches(model: nn.Module, images: torch.Tensor, normalize, batch_size: int)
         x = images[start:start + batch_size].to(device)
         x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
         yield normalize(x) if normalize is not None else x
+
+
+@torch.no_grad()
+def outputs(model: nn.Module, images: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            batch_size: int = 1000) -> torch.Tensor:
+    """Raw outputs (logits or regression outputs), float N×K on the model's device, of ``model``
+    (eval mode during the call; its mode is restored).
+
+    ``images``: N×C×H×W uint8 pixels (0..255) or float; ``normalize`` as :func:`predict`.
+    Batches of ``batch_size`` are moved to the model's device.
+    """
+    was_training = model.training
+    model.eval()
+    outs = [model(x) for x in _batches(model, images, normalize, batch_size)]
+    model.train(was_training)
+    return torch.cat(outs)
 
 
 @torch.no_grad()

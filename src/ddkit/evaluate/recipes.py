@@ -58,7 +58,7 @@ import torch.nn as nn
 
 from ddkit.augment import DSA, DSAConfig
 from ddkit.errors import ConfigError
-from ddkit.train import TrainConfig, train_model
+from ddkit.train import TrainConfig, outputs, train_model
 from ddkit.utils import table_row
 
 __all__ = ["HARD_PROTOCOLS", "PROTOCOLS", "Recipe", "default_protocol", "make_recipe"]
@@ -264,10 +264,9 @@ def _rfad_fit(net, x, y, generator, validation, *, lr, scale, wd, centring, max_
     vx, vy = validation
     # The frozen f₀ is fixed and the protocol does not augment, so f₀ of the training images and of
     # the validation sample is computed once: (f − f₀ − s·y)² = (f − (s·y + f₀))². Exact, and it
-    # saves the frozen network's forward pass on every step (about a quarter of a step's time).
-    shift = _outputs(model.init, x) if centring else torch.zeros_like(target)
-    shift_v = _outputs(model.init, vx) if centring else None
-    goal = scale * target + shift
+    # saves the frozen network's forward pass on every step.
+    shift_v = outputs(model.init, vx) if centring else None
+    goal = scale * target + (outputs(model.init, x) if centring else 0.0)
 
     def loss_fn(m, xb, gb):
         loss = ((m(xb) - gb) ** 2).mean() / scale ** 2
@@ -277,7 +276,7 @@ def _rfad_fit(net, x, y, generator, validation, *, lr, scale, wd, centring, max_
         return loss
 
     def val_accuracy() -> float:
-        out = _outputs(net, vx)
+        out = outputs(net, vx)
         if shift_v is not None:
             out = out - shift_v
         return float((out.argmax(1).cpu() == vy.cpu()).float().mean())
@@ -298,12 +297,3 @@ def _rfad_fit(net, x, y, generator, validation, *, lr, scale, wd, centring, max_
     model.selected = {"validation_accuracy": best, "steps": steps}
     return model
 
-
-@torch.no_grad()
-def _outputs(net: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """``net``'s outputs on ``x`` (N×K float32), in eval mode, batch by batch."""
-    was = net.training
-    net.eval()
-    out = torch.cat([net(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-    net.train(was)
-    return out
