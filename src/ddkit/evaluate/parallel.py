@@ -10,6 +10,7 @@ the ones a single process writes for the same seeds.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -28,7 +29,21 @@ def world() -> tuple[int, int]:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+        atexit.register(_leave)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _leave() -> None:
+    """Wait for every rank, then tear the process group down before the interpreter exits.
+
+    Without it a rank that reaches exit while gloo's threads still run is aborted by the C++
+    runtime ("terminate called without an active exception", SIGABRT), which failed a CI run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def rank_device(device: str | torch.device) -> str | torch.device:
