@@ -58,6 +58,8 @@ def main() -> None:
                     help="train the victims without DSA augmentation (which moves and flips a corner patch)")
     ap.add_argument("--scan", action="store_true", help="also run ddkit scan on each set")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", default=None,
+                    help="folder of the test set's files (MNIST: ../shared/data/mnist)")
     args = ap.parse_args()
     sets = []
     for item in args.sets:
@@ -78,12 +80,12 @@ def main() -> None:
         attack, attack_seconds = _attack(ds)
         load0 = os.getloadavg()
         m = measure(ds, args.target, trigger=trigger, victims=victims, runs=args.runs, epochs=args.epochs,
-                    augment=not args.no_augment, seed=args.seed)
+                    augment=not args.no_augment, seed=args.seed, data_root=args.data_root)
         scan_summary = None
         if args.scan:
             from ddkit.backdoor_scan import scan
 
-            s = scan(ds, seed=args.seed)
+            s = scan(ds, seed=args.seed, data_root=args.data_root)
             scan_summary = {"verdict": s.verdict, "seconds": s.seconds}
         base = {"label": label, "file": str(file.relative_to(ROOT) if file.is_absolute() else file),
                 "dataset": ds.dataset, "method": ds.method, "ipc": ds.ipc, "iterations": ds.extra.get("iterations"),
