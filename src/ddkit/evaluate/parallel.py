@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from typing import Any
 
 import torch
@@ -29,8 +30,24 @@ def world() -> tuple[int, int]:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+        _watch_for_crash()
         atexit.register(_leave)
     return dist.get_rank(), dist.get_world_size()
+
+
+_crashed = False
+
+
+def _watch_for_crash() -> None:
+    """Note an uncaught exception, so that :func:`_leave` does not wait for ranks that never come."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        global _crashed
+        _crashed = True
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def _leave() -> None:
@@ -38,11 +55,14 @@ def _leave() -> None:
 
     Without it a rank that reaches exit while gloo's threads still run is aborted by the C++
     runtime ("terminate called without an active exception", SIGABRT), which failed a CI run.
+    After an uncaught exception the barrier is skipped (the other ranks may sit in another
+    collective; torchrun stops them when this rank fails).
     """
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
+        if not _crashed:
+            dist.barrier()
         dist.destroy_process_group()
 
 
