@@ -274,9 +274,14 @@ def outputs(model: nn.Module, images: torch.Tensor, normalize: Callable[[torch.T
     """Raw outputs (logits or regression outputs), float N×K on the model's device, of ``model``
     (eval mode during the call; its mode is restored).
 
-    ``images``: N×C×H×W uint8 pixels (0..255) or float; ``normalize`` as :func:`predict`.
+    ``images``: N×C×H×W uint8 pixels (0..255) or float, N ≥ 1; ``normalize`` as :func:`predict`.
     Batches of ``batch_size`` are moved to the model's device.
+
+    Raises:
+        ConfigError: ``images`` holds no image.
     """
+    if images.shape[0] == 0:
+        raise ConfigError("outputs: images is empty (0 images)")
     was_training = model.training
     model.eval()
     outs = [model(x) for x in _batches(model, images, normalize, batch_size)]
@@ -292,11 +297,9 @@ def predict(model: nn.Module, images: torch.Tensor, normalize: Callable[[torch.T
     ``images``: N×C×H×W uint8 pixels (0..255) or float; ``normalize`` maps a float [0, 1]
     batch to the model's input space. Batches are moved to the model's device.
     """
-    was_training = model.training
-    model.eval()
-    preds = [model(x).argmax(1).cpu() for x in _batches(model, images, normalize, batch_size)]
-    model.train(was_training)
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
+    if images.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    return outputs(model, images, normalize, batch_size).argmax(1).cpu()
 
 
 def confusion(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
