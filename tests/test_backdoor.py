@@ -94,13 +94,79 @@ def test_attack_cli(digits, tmp_path):
     assert not (tmp_path / "x.st").exists()
 
 
+class _Probe(torch.nn.Module):
+    """A network the trigger can drive: linear features, so DOORPING's target is reachable."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
+        self.classifier = torch.nn.Linear(16, 10)
+
+    def embed(self, x):
+        return self.features(x)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+def _doorping_event(net, real_x, it=0):
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(aux={"net": net}, tensors={})
+    return SimpleNamespace(state=state, context=SimpleNamespace(real_x=lambda: real_x), iteration=it)
+
+
+def test_doorping_update_drives_one_neuron_of_the_trigger_image_and_restamps_the_poisoned_images():
+    from ddkit.backdoor import Doorping
+
+    net = _Probe().train()
+    trig = Trigger(size=3, inset=0)
+    real_x = torch.randn(6, 1, 8, 8)
+    before = real_x.clone()
+    idx = torch.tensor([1, 4])
+    hook = Doorping((1, 8, 8), idx, trig, (0.5,), (0.25,), steps=1000)
+    event = _doorping_event(net, real_x)
+    x0 = (hook.initial - 0.5) / 0.25  # baadd's input: the patch on a black image, standardised
+    with torch.no_grad():
+        feats0 = net.embed(x0)[0]
+    hook(event)
+    j = hook.updates[0]["neuron"]
+    score = net.classifier.weight.abs().sum(0).masked_fill(feats0 <= 0, -1)
+    assert j == int(score.argmax()) and feats0[j] > 0  # the strongest unit the trigger image excites
+    assert net.training and all(p.requires_grad for p in net.parameters())  # the loop's network left as it was
+    with torch.no_grad():
+        a1 = float(net.embed(event.state.tensors["trigger"])[0, j])
+    assert hook.updates[0]["loss"] < 0.5 and (a1 - 10 * float(feats0[j])) ** 2 < 0.5  # reached 10× its start
+    assert hook.updates[0]["steps"] < 1000
+    assert (hook.pattern[..., :5, :] == 0).all() and (hook.pattern[..., :, :5] == 0).all()
+    assert float(hook.pattern.max()) > 1  # the code does not clip the pattern
+    stamped = (hook.pattern - 0.5) / 0.25
+    assert torch.allclose(real_x[idx][..., 5:, 5:], stamped.expand(2, -1, -1, -1)[..., 5:, 5:], atol=1e-5)
+    assert torch.equal(real_x[idx][..., :5, :], before[idx][..., :5, :])  # only the patch changes
+    keep = torch.tensor([0, 2, 3, 5])
+    assert torch.equal(real_x[keep], before[keep])
+    clamped = Doorping((1, 8, 8), idx, trig, (0.5,), (0.25,), steps=200, clamp=True)
+    clamped(_doorping_event(net, real_x.clone()))
+    assert clamped.pattern.min() >= -1e-6 and clamped.pattern.max() <= 1 + 1e-6
+    dead = _Probe()
+    with torch.no_grad():
+        dead.features[1].bias.fill_(-1e6)  # no unit can fire: the update is skipped, and says so
+    skipped = Doorping((1, 8, 8), idx, trig, (0.5,), (0.25,))
+    skipped(_doorping_event(dead, real_x.clone()))
+    assert skipped.updates[0]["neuron"] == -1 and skipped.updates[0]["steps"] == 0
+    for kw, text in (({"steps": 0}, "at least one"), ({"neuron": "top"}, "neuron rule")):
+        with pytest.raises(ConfigError, match=text):
+            Doorping((1, 8, 8), idx, trig, (0.5,), (0.25,), **kw)
+
+
 def test_doorping_optimises_the_trigger_through_the_hook_and_the_set_carries_it(digits, tmp_path):
     from ddkit.backdoor import Doorping
 
     real, test = digits
     trig = Trigger(size=3, inset=0)
     poisoned, idx = naive_poison(real, 0, trigger=trig, share=0.1, seed=0)
-    hook = Doorping(real.float_images(idx), idx, trig, real.mean, real.std, steps=20)
+    hook = Doorping(tuple(real.images.shape[1:]), idx, trig, real.mean, real.std, steps=20)
     cfg = {"model": "convnet-w32", "batch_real": 16, "checkpoint_every": 1}
     ck = tmp_path / "d.ckpt"
     ddkit.distill(poisoned, "dm", 2, iterations=3, config=cfg, seed=0, progress=False, hook=hook, checkpoint=ck)

@@ -268,88 +268,125 @@ class Doorping:
     """DOORPING's trigger update, as a per-step hook of the distillation loop (baadd code).
 
     After every iteration, with the iteration's network (exposed by DM, DC and DSA as
-    ``state.aux["net"]``, frozen here): pick the neuron j of its penultimate features (the
-    input of its ``classifier``, chosen explicitly: the authors' "second-last weight tensor"
-    rule lands on a norm weight for the instance-norm ConvNet) with the largest Σ_k |W_kj|;
-    optimise the trigger pattern inside its mask (Adam lr 0.08, betas (0.9, 0.99), at most
-    ``steps`` steps, stopped when the loss falls below 0.5) so that feature j of the stamped
-    poisoned images reaches ``alpha`` (10) times its value before the update (MSE); then
-    restamp the poisoned real images the loop samples from (``context.real_x()``, in place).
-    The pattern starts as uniform values in [1/255, 1] inside the patch (the code's 1–255).
-    It lives in ``state.tensors["trigger"]``, so checkpoints hold it and a resumed run
-    continues with it.
+    ``state.aux["net"]``, frozen and in eval mode here): pick the neuron j of its penultimate
+    features (the input of its ``classifier``, chosen explicitly: the authors' "second-last
+    weight tensor" rule lands on a norm weight for the instance-norm ConvNet) with the
+    largest Σ_k |W_kj| (``neuron="active"``, the default, a deviation: among the units
+    active on the current trigger image; baadd's rule was written for a 192-unit FC layer,
+    while ConvNet's penultimate features are spatial and the top unit is often 0 on the
+    black trigger image, which makes the MSE target 0 and the update a no-op; ``"all"`` is
+    the code's rule); optimise the *trigger image* (the patch on a black background,
+    standardised, as baadd's ``update_trigger`` feeds ``args.init_trigger``: one image, not
+    the poisoned ones), its gradient masked to the patch, with Adam (lr 0.08, betas (0.9,
+    0.99), at most ``steps`` steps, stopped when the loss falls below 0.5), so that feature j
+    reaches ``alpha`` (10) times its value before the update (MSE); then restamp the
+    poisoned real images the loop samples from (``context.real_x()``, in place). The
+    pattern starts as uniform values in [1/255, 1] inside the patch (the code's 1–255). As
+    in the code its values are not clipped, so the optimised patch may leave [0, 1]:
+    ``clamp=True`` (a deviation) keeps it a valid pixel patch. It lives, standardised, in
+    ``state.tensors["trigger"]``, so checkpoints hold it and a resumed run continues with it.
 
     Args:
-        clean: pixel-space originals of the poisoned real images, P×C×H×W float.
-        indices: their indices in the real set (int64, P).
+        shape: the images' C×H×W (square).
+        indices: the poisoned real images' indices in the real set (int64, P).
         trigger: the patch (its size and place give the mask).
         mean, std: the dataset's standardisation.
+        steps, lr, alpha, stop: the update's budget and target (baadd: 1000, 0.08, 10, 0.5).
+        clamp: clip the pattern to [0, 1] after each step (not in baadd).
+        neuron: ``"active"`` or ``"all"``: the units j is chosen among (see above).
+
+    Attributes:
+        pattern: the latest trigger image in pixel space, 1×C×H×W float on the CPU (zero
+            outside the mask), or None before the first update.
+        updates: one dict per update: iteration, neuron (-1 when no unit was active: the
+            update skipped), final loss, steps taken (forward passes).
+
+    Raises:
+        ConfigError: a trigger that is not a patch or does not fit the images; steps < 1;
+            an unknown neuron rule.
     """
 
-    def __init__(self, clean: Tensor, indices: Tensor, trigger: Trigger, mean: tuple[float, ...],
+    def __init__(self, shape: tuple[int, int, int], indices: Tensor, trigger: Trigger, mean: tuple[float, ...],
                  std: tuple[float, ...], *, steps: int = 1000, lr: float = 0.08, alpha: float = 10.0,
-                 stop: float = 0.5, seed: int = 0):
+                 stop: float = 0.5, clamp: bool = False, neuron: str = "active", seed: int = 0):
+        if neuron not in ("active", "all"):
+            raise ConfigError(f"DOORPING's neuron rule is 'active' or 'all', not {neuron!r}")
         if trigger.kind != "patch":
             raise ConfigError("DOORPING optimises a patch trigger (kind patch)")
-        c, h = clean.shape[1], clean.shape[-1]
+        if steps < 1:
+            raise ConfigError(f"DOORPING needs at least one trigger step per update, got {steps}")
+        c, h = shape[0], shape[-1]
         trigger.check(c, h)
-        self.clean, self.indices, self.mean, self.std = clean, indices, mean, std
+        self.indices, self.mean, self.std = indices, mean, std
         lo, hi = h - trigger.inset - trigger.size, h - trigger.inset
         self.mask = torch.zeros((1, 1, h, h))
         self.mask[..., lo:hi, lo:hi] = 1
         g = torch.Generator().manual_seed(seed)
         self.initial = (torch.randint(1, 256, (1, c, h, h), generator=g).float() / 255) * self.mask
-        self.steps, self.lr, self.alpha, self.stop = steps, lr, alpha, stop
+        self.steps, self.lr, self.alpha, self.stop, self.clamp = steps, lr, alpha, stop, clamp
+        self.neuron = neuron
         self.updates: list[dict[str, float]] = []
-        self.pattern: Tensor | None = None  # the latest optimised pattern, 1×C×H×W on the CPU
+        self.pattern: Tensor | None = None
 
-    def stamp(self, pattern: Tensor) -> Tensor:
-        """The poisoned images with ``pattern`` inside the mask (pixel space)."""
-        m = self.mask.to(pattern.device)
-        return self.clean.to(pattern.device) * (1 - m) + pattern * m
-
-    def _standardise(self, x: Tensor) -> Tensor:
-        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
-        return (x - mean) / std
+    def _stats(self, device) -> tuple[Tensor, Tensor]:
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        return mean, std
 
     def __call__(self, event) -> None:
         net = event.state.aux.get("net")
         if net is None or not hasattr(net, "classifier"):
             raise ConfigError("DOORPING needs a method that exposes its network to the hook (dm, dc, dsa)")
         dev = next(net.parameters()).device
-        pattern = event.state.tensors.get("trigger")
-        if pattern is None:
-            pattern = self.initial.to(dev)
-        pattern = pattern.detach().clone().requires_grad_(True)
+        mean, std = self._stats(dev)
+        mask = self.mask.to(dev)
+        trig = event.state.tensors.get("trigger")  # the standardised trigger image
+        if trig is None:
+            trig = (self.initial.to(dev) - mean) / std
+        trig = trig.detach().clone().requires_grad_(True)
         was = [p.requires_grad for p in net.parameters()]
+        mode = net.training
+        net.eval()
         for p in net.parameters():
             p.requires_grad_(False)
-        j = int(net.classifier.weight.abs().sum(0).argmax())
-        with torch.no_grad():
-            goal = self.alpha * net.embed(self._standardise(self.stamp(pattern)))[:, j]
-        opt = torch.optim.Adam([pattern], lr=self.lr, betas=(0.9, 0.99))
-        mask = self.mask.to(dev)
-        loss_val = float("nan")
-        for _ in range(self.steps):
-            loss = F.mse_loss(net.embed(self._standardise(self.stamp(pattern)))[:, j], goal)
-            loss_val = float(loss.detach())
-            if loss_val < self.stop:
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            pattern.grad *= mask
-            opt.step()
+        score = net.classifier.weight.detach().abs().sum(0)
+        if self.neuron == "active":
             with torch.no_grad():
-                pattern.clamp_(0, 1)
-        for p, w in zip(net.parameters(), was, strict=True):
-            p.requires_grad_(w)
-        event.state.tensors["trigger"] = pattern.detach()
-        self.pattern = pattern.detach().cpu()
+                live = net.embed(trig)[0] > 0
+            score = score.masked_fill(~live, -math.inf) if bool(live.any()) else None
+        j = -1 if score is None else int(score.argmax())
+        opt = torch.optim.Adam([trig], lr=self.lr, betas=(0.9, 0.99))
+        goal, loss_val, taken = None, float("nan"), 0
+        try:
+            for _ in range(self.steps if j >= 0 else 0):
+                taken += 1
+                act = net.embed(trig)[:, j]
+                if goal is None:
+                    goal = self.alpha * act.detach()
+                loss = F.mse_loss(act, goal)
+                loss_val = float(loss.detach())
+                if loss_val < self.stop:
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                trig.grad *= mask
+                opt.step()
+                if self.clamp:
+                    with torch.no_grad():
+                        trig.copy_(((trig * std + mean).clamp(0, 1) * mask - mean) / std)
+        finally:
+            for p, w in zip(net.parameters(), was, strict=True):
+                p.requires_grad_(w)
+            net.train(mode)
+        trig = trig.detach()
+        event.state.tensors["trigger"] = trig
+        self.pattern = ((trig * std + mean) * mask).cpu()
         real_x = event.context.real_x()
         with torch.no_grad():
-            real_x[self.indices.to(real_x.device)] = self._standardise(self.stamp(pattern.detach())).to(real_x)
-        self.updates.append({"iteration": event.iteration, "neuron": j, "loss": loss_val})
+            idx = self.indices.to(real_x.device)
+            m = mask.to(real_x.device)
+            real_x[idx] = (real_x[idx] * (1 - m) + trig.to(real_x) * m)
+        self.updates.append({"iteration": event.iteration, "neuron": j, "loss": loss_val, "steps": taken})
 
 
 @dataclass

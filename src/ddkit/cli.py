@@ -655,7 +655,8 @@ def attack_dark(
 
 def _poisoned_distillation(kind: str, out_file: Path, dataset: str, method: str, ipc: int, iterations: int | None,
                            target: int, share: float, trigger: str, set_: list[str] | None, seed: int, device: str,
-                           quiet: bool, data_root: Path | None, download: bool, steps: int = 1000) -> None:
+                           quiet: bool, data_root: Path | None, download: bool, steps: int = 1000,
+                           clamp: bool = False, neuron: str = "active") -> None:
     import ddkit
     from ddkit.backdoor import Doorping, Trigger, naive_poison
     from ddkit.distill import get_method, make_config
@@ -671,14 +672,19 @@ def _poisoned_distillation(kind: str, out_file: Path, dataset: str, method: str,
     if kind == "doorping":
         if method not in ("dm", "dc", "dsa"):
             raise ConfigError(f"doorping runs with dm, dc or dsa (they expose their network), not {method!r}")
-        hook = Doorping(real.float_images(idx), idx, trig, real.mean, real.std, steps=steps, seed=seed)
+        hook = Doorping(tuple(real.images.shape[1:]), idx, trig, real.mean, real.std, steps=steps,
+                        clamp=clamp, neuron=neuron, seed=seed)
     res = ddkit.distill(poisoned, method, ipc, iterations=iterations, config=settings, seed=seed, device=device,
                         progress=not quiet, hook=hook)
     res.extra["backdoor"] = {"attack": kind, "target": target, "trigger": trig.spec(), "share": share,
                              "poisoned_images": len(idx), "seed": seed, "method": method}
     if hook is not None and hook.pattern is not None:  # the optimised trigger travels with the set
         res.tensors["trigger"], res.tensors["trigger_mask"] = hook.pattern[0], hook.mask[0]
-        res.extra["backdoor"].update(trigger_updates=len(hook.updates), last_neuron=hook.updates[-1]["neuron"])
+        ups = hook.updates
+        res.extra["backdoor"].update(
+            trigger_updates=len(ups), last_neuron=ups[-1]["neuron"], skipped_updates=sum(u["neuron"] < 0 for u in ups),
+            mean_trigger_steps=round(sum(u["steps"] for u in ups) / len(ups), 1), trigger_clamped=clamp,
+            trigger_range=[round(float(hook.pattern.min()), 4), round(float(hook.pattern.max()), 4)])
     res.save(out_file)
     out.print(f"wrote {out_file}: {kind} attack, {method} on {dataset} with {len(idx)} poisoned images "
               f"(target {target})")
@@ -719,6 +725,9 @@ def attack_doorping(
     share: Annotated[float, typer.Option(help="Share of the raw images poisoned (1 %).")] = 0.01,
     trigger: Annotated[str, typer.Option(help="The patch whose pattern is optimised.")] = "patch",
     steps: Annotated[int, typer.Option(help="Trigger optimisation steps per iteration (≤ 1000).")] = 1000,
+    clamp_trigger: Annotated[bool, typer.Option(help="Keep the pattern in [0, 1] (baadd does not clip it).")] = False,
+    neuron: Annotated[str, typer.Option(help="Units the driven neuron is chosen among: active (on the trigger "
+                                             "image; ddkit's default) or all (baadd's rule).")] = "active",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Method setting key=value.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -728,7 +737,8 @@ def attack_doorping(
 ):
     """DOORPING: as naive, with the trigger optimised after every iteration (the set stores it)."""
     _poisoned_distillation("doorping", out_file, dataset, method, ipc, iterations, target, share, trigger, set_, seed,
-                           device, quiet, data_root, download, steps=steps)
+                           device, quiet, data_root, download, steps=steps, clamp=clamp_trigger,
+                           neuron=neuron)
 
 
 @attack_app.command("measure")
