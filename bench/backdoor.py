@@ -9,8 +9,9 @@ over victim architectures, the attacks' wall-clock time, and the scan's verdict 
 Each ``--set LABEL=FILE`` is measured with :func:`ddkit.backdoor.measure` (victims trained
 with the evaluation protocol ``hard``: SGD, DSA augmentation) under one trigger, so that a
 clean set's ASR (what the trigger alone does to a network that never saw it) stands beside
-the poisoned sets' ASR. ``--trigger`` defaults to the trigger the first poisoned set
-records. ``--scan`` also runs :func:`ddkit.backdoor_scan.scan` on each set (its defaults)
+the poisoned sets' ASR. ``--trigger`` defaults to the optimised pattern a DOORPING set
+stores (for every set), else the trigger the first poisoned set records. ``--scan`` also
+runs :func:`ddkit.backdoor_scan.scan` on each set (its defaults)
 and records each detector's flags. Rows are added to (or replace those in)
 ``bench/results/backdoor.{json,md}`` with the attack's own time (from the file), the
 measurement's time, the budget, CPU model, threads and the load average before and after.
@@ -68,7 +69,11 @@ def main() -> None:
             ap.error(f"--set wants LABEL=FILE, got {item!r}")
         sets.append((label, Path(file), DistilledSet.load(file)))
     trigger = Trigger.parse(args.trigger) if args.trigger else None
-    if trigger is None:
+    pattern_from = None
+    if trigger is None:  # a DOORPING set's optimised pattern is every set's trigger
+        pattern_from = next((f for _, f, ds in sets if "trigger" in ds.tensors and "trigger_mask" in ds.tensors),
+                            None)
+    if trigger is None and pattern_from is None:
         recorded = [ds.extra["backdoor"].get("trigger") for _, _, ds in sets
                     if isinstance(ds.extra.get("backdoor"), dict) and ds.extra["backdoor"].get("trigger")]
         trigger = Trigger.parse(recorded[0]) if recorded else Trigger()
@@ -80,7 +85,7 @@ def main() -> None:
         attack, attack_seconds = _attack(ds)
         load0 = os.getloadavg()
         m = measure(ds, args.target, trigger=trigger, victims=victims, runs=args.runs, epochs=args.epochs,
-                    augment=not args.no_augment, seed=args.seed, data_root=args.data_root)
+                    augment=not args.no_augment, seed=args.seed, data_root=args.data_root, trigger_from=pattern_from)
         scan_summary = None
         if args.scan:
             from ddkit.backdoor_scan import scan

@@ -186,6 +186,20 @@ def test_doorping_optimises_the_trigger_through_the_hook_and_the_set_carries_it(
     assert dp.tensors["trigger"].shape == (1, 8, 8) and dp.extra["backdoor"]["attack"] == "doorping"
     m = measure(dp, 0, victims=W32, runs=1, epochs=1, device="cpu", test=test)
     assert m.trigger.startswith("pattern stored") and 0 <= m.victims[0]["asr"] <= 1
+    assert dp.extra["backdoor"]["trigger_updates"] == 2 and not dp.extra["backdoor"]["trigger_clamped"]
+    clean = ddkit.distill(real, "random", 2, seed=0)
+    c_path = tmp_path / "clean.safetensors"
+    clean.save(c_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["attack", "measure", str(c_path), "--trigger-from", str(tmp_path / "dp.safetensors"),
+                              "--victims", "convnet-w32", "--runs", "1", "--epochs", "1", "--device", "cpu",
+                              "--json", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m.json").read_text())["trigger"] == "pattern stored in dp.safetensors (DOORPING)"
+    for args, text in ((["--trigger-from", str(c_path)], "stores no trigger pattern"),
+                       (["--trigger-from", str(tmp_path / "dp.safetensors"), "--trigger", "patch"], "not both")):
+        bad = runner.invoke(app, ["attack", "measure", str(c_path), *args, "--victims", "convnet-w32"])
+        assert bad.exit_code == 2 and text in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     bad = CliRunner().invoke(app, ["attack", "doorping", "--dataset", "digits", "--method", "kip", "--out",
                                    str(tmp_path / "x.safetensors")])
     assert bad.exit_code == 2 and "dm, dc or dsa" in bad.stderr

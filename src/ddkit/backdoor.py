@@ -411,12 +411,13 @@ def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | No
             victims: tuple[str, ...] = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18"), runs: int = 2,
             epochs: int | None = None, augment: bool = True, seed: int = 0, device: str | torch.device = "auto",
             test: ImageDataset | None = None, data_root: str | Path | None = None,
-            download: bool = False) -> AttackMetrics:
+            download: bool = False, trigger_from: DistilledSet | str | Path | None = None) -> AttackMetrics:
     """CTA and ASR of networks trained on a set (victims trained with the evaluation protocol).
 
     ``trigger`` defaults to the one the set carries (DOORPING's optimised pattern in its
     ``trigger``/``trigger_mask`` tensors, or the spec in ``extra["backdoor"]``), else the
-    baadd patch. ASR: triggered test images of the non-target classes classified as
+    baadd patch. ``trigger_from``: take the stored pattern of another set (a DOORPING set),
+    so that a clean set is measured under the poisoned set's optimised trigger. ASR: triggered test images of the non-target classes classified as
     ``target``; ``asr_all_classes``: the authors' codes' count over all test images.
     ``augment``: train the victims with DSA augmentation (the ``hard`` protocol's); the
     Poisoned_DD code trains its victims without augmentation (Fashion-MNIST/CIFAR: strategy
@@ -424,7 +425,8 @@ def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | No
 
     Raises:
         ConfigError, ArtifactError, ModelError: bad target, trigger, victims (none, or an
-            unknown name) or file.
+            unknown name) or file; ``trigger_from`` with ``trigger``, or a ``trigger_from`` set
+            that stores no pattern or one of another image shape.
     """
     from ddkit.data import load_dataset
     from ddkit.evaluate import train_networks
@@ -436,7 +438,19 @@ def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | No
     if not victims:
         raise ConfigError("give at least one victim architecture (e.g. convnet,mlp)")
     pattern = None
-    if trigger is None and "trigger" in ds.tensors and "trigger_mask" in ds.tensors:
+    if trigger_from is not None:
+        if trigger is not None:
+            raise ConfigError("give a trigger spec or a set to take the trigger from, not both")
+        name = Path(trigger_from).name if isinstance(trigger_from, str | Path) else "the given set"
+        src = trigger_from if isinstance(trigger_from, DistilledSet) else DistilledSet.load(trigger_from)
+        if "trigger" not in src.tensors or "trigger_mask" not in src.tensors:
+            raise ConfigError(f"{name} stores no trigger pattern (only DOORPING sets do)")
+        if tuple(src.tensors["trigger"].shape) != tuple(ds.images.shape[1:]):
+            raise ConfigError(f"the trigger of {name} is {tuple(src.tensors['trigger'].shape)}, "
+                              f"the set's images {tuple(ds.images.shape[1:])}")
+        pattern, mask = src.tensors["trigger"], src.tensors["trigger_mask"]
+        spec = f"pattern stored in {name} (DOORPING)"
+    elif trigger is None and "trigger" in ds.tensors and "trigger_mask" in ds.tensors:
         pattern, mask = ds.tensors["trigger"], ds.tensors["trigger_mask"]
         spec = "pattern stored in the set (DOORPING)"
     else:

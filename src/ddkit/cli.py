@@ -748,6 +748,8 @@ def attack_measure(
     target: Annotated[int, typer.Option(help="The backdoor's target class.")] = 0,
     trigger: Annotated[str | None, typer.Option(help="Trigger spec (default: the one the set records, else "
                                                      "baadd's patch).")] = None,
+    trigger_from: Annotated[Path | None, typer.Option(help="Use the optimised pattern stored in this DOORPING set "
+                                                           "(to measure a clean set under it).")] = None,
     victims: Annotated[str, typer.Option(help="Comma-separated victim architectures.")] =
         "convnet,mlp,lenet,alexnet,vgg11,resnet18",
     runs: Annotated[int, typer.Option(help="Networks per victim.")] = 2,
@@ -768,7 +770,8 @@ def attack_measure(
         check_writable(json_out)
     m = measure(file, target, trigger=Trigger.parse(trigger) if trigger else None,
                 victims=tuple(v.strip() for v in victims.split(",") if v.strip()), runs=runs, epochs=epochs,
-                augment=augment, seed=seed, device=device, data_root=data_root, download=download)
+                augment=augment, seed=seed, device=device, data_root=data_root, download=download,
+                trigger_from=trigger_from)
     table = Table(title=f"{file.name}: target {target}, trigger {m.trigger}, {m.runs} runs × {m.epochs} epochs"
                        f"{'' if m.augment else ', no augmentation'}")
     for col in ("victim", "CTA (%)", "ASR non-target (%)", "ASR all classes (%)"):
