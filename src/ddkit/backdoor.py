@@ -417,8 +417,9 @@ def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | No
     ``trigger`` defaults to the one the set carries (DOORPING's optimised pattern in its
     ``trigger``/``trigger_mask`` tensors, or the spec in ``extra["backdoor"]``), else the
     baadd patch. ``trigger_from``: take the stored pattern of another set (a DOORPING set),
-    so that a clean set is measured under the poisoned set's optimised trigger. ASR: triggered test images of the non-target classes classified as
-    ``target``; ``asr_all_classes``: the authors' codes' count over all test images.
+    so that a clean set is measured under the poisoned set's optimised trigger. ASR:
+    triggered test images of the non-target classes classified as ``target``;
+    ``asr_all_classes``: the authors' codes' count over all test images.
     ``augment``: train the victims with DSA augmentation (the ``hard`` protocol's); the
     Poisoned_DD code trains its victims without augmentation (Fashion-MNIST/CIFAR: strategy
     ``none``) for 50–100 epochs, and DSA's flips and crops move a corner patch.
