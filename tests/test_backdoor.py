@@ -187,6 +187,7 @@ def test_doorping_optimises_the_trigger_through_the_hook_and_the_set_carries_it(
     m = measure(dp, 0, victims=W32, runs=1, epochs=1, device="cpu", test=test)
     assert m.trigger.startswith("pattern stored") and 0 <= m.victims[0]["asr"] <= 1
     assert dp.extra["backdoor"]["trigger_updates"] == 2 and not dp.extra["backdoor"]["trigger_clamped"]
+    assert dp.extra["backdoor"]["seconds"] > 0
     clean = ddkit.distill(real, "random", 2, seed=0)
     c_path = tmp_path / "clean.safetensors"
     clean.save(c_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -674,10 +675,12 @@ def _poisoned_distillation(kind: str, out_file: Path, dataset: str, method: str,
             raise ConfigError(f"doorping runs with dm, dc or dsa (they expose their network), not {method!r}")
         hook = Doorping(tuple(real.images.shape[1:]), idx, trig, real.mean, real.std, steps=steps,
                         clamp=clamp, neuron=neuron, seed=seed)
+    t0 = time.perf_counter()
     res = ddkit.distill(poisoned, method, ipc, iterations=iterations, config=settings, seed=seed, device=device,
                         progress=not quiet, hook=hook)
     res.extra["backdoor"] = {"attack": kind, "target": target, "trigger": trig.spec(), "share": share,
-                             "poisoned_images": len(idx), "seed": seed, "method": method}
+                             "poisoned_images": len(idx), "seed": seed, "method": method,
+                             "seconds": round(time.perf_counter() - t0, 1)}
     if hook is not None and hook.pattern is not None:  # the optimised trigger travels with the set
         res.tensors["trigger"], res.tensors["trigger_mask"] = hook.pattern[0], hook.mask[0]
         ups = hook.updates
