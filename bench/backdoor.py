@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ddkit.artifact import DistilledSet
-from ddkit.backdoor import Trigger, measure
+from ddkit.backdoor import Trigger, measure, stored_trigger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine, short_cpu  # noqa: E402
@@ -71,8 +71,7 @@ def main() -> None:
     trigger = Trigger.parse(args.trigger) if args.trigger else None
     pattern_from = None
     if trigger is None:  # a DOORPING set's optimised pattern is every set's trigger
-        pattern_from = next((f for _, f, ds in sets if "trigger" in ds.tensors and "trigger_mask" in ds.tensors),
-                            None)
+        pattern_from = next((f for _, f, ds in sets if stored_trigger(ds) is not None), None)
     if trigger is None and pattern_from is None:
         recorded = [ds.extra["backdoor"].get("trigger") for _, _, ds in sets
                     if isinstance(ds.extra.get("backdoor"), dict) and ds.extra["backdoor"].get("trigger")]

@@ -39,7 +39,7 @@ from ddkit.models import get_model
 from ddkit.train import TrainConfig, train_model
 from ddkit.utils import iteration_generator
 
-__all__ = ["Doorping", "Trigger", "dark", "measure", "naive_poison"]
+__all__ = ["Doorping", "Trigger", "dark", "measure", "naive_poison", "stored_trigger"]
 
 
 @dataclass(frozen=True)
@@ -407,6 +407,15 @@ class AttackMetrics:
         return json.dumps(asdict(self), indent=2)
 
 
+def stored_trigger(ds: DistilledSet) -> tuple[Tensor, Tensor] | None:
+    """The optimised trigger a DOORPING set carries: (pattern, mask), each C×H×W float in
+    pixel space (the pattern may leave [0, 1]; the mask is 1 on the patch, 0 elsewhere), or
+    None for a set that stores none."""
+    if "trigger" in ds.tensors and "trigger_mask" in ds.tensors:
+        return ds.tensors["trigger"], ds.tensors["trigger_mask"]
+    return None
+
+
 def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | None = None,
             victims: tuple[str, ...] = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18"), runs: int = 2,
             epochs: int | None = None, augment: bool = True, seed: int = 0, device: str | torch.device = "auto",
@@ -444,15 +453,16 @@ def measure(ds: DistilledSet | str | Path, target: int, *, trigger: Trigger | No
             raise ConfigError("give a trigger spec or a set to take the trigger from, not both")
         name = Path(trigger_from).name if isinstance(trigger_from, str | Path) else "the given set"
         src = trigger_from if isinstance(trigger_from, DistilledSet) else DistilledSet.load(trigger_from)
-        if "trigger" not in src.tensors or "trigger_mask" not in src.tensors:
+        stored = stored_trigger(src)
+        if stored is None:
             raise ConfigError(f"{name} stores no trigger pattern (only DOORPING sets do)")
-        if tuple(src.tensors["trigger"].shape) != tuple(ds.images.shape[1:]):
-            raise ConfigError(f"the trigger of {name} is {tuple(src.tensors['trigger'].shape)}, "
+        pattern, mask = stored
+        if tuple(pattern.shape) != tuple(ds.images.shape[1:]):
+            raise ConfigError(f"the trigger of {name} is {tuple(pattern.shape)}, "
                               f"the set's images {tuple(ds.images.shape[1:])}")
-        pattern, mask = src.tensors["trigger"], src.tensors["trigger_mask"]
         spec = f"pattern stored in {name} (DOORPING)"
-    elif trigger is None and "trigger" in ds.tensors and "trigger_mask" in ds.tensors:
-        pattern, mask = ds.tensors["trigger"], ds.tensors["trigger_mask"]
+    elif trigger is None and (own := stored_trigger(ds)) is not None:
+        pattern, mask = own
         spec = "pattern stored in the set (DOORPING)"
     else:
         if trigger is None:
