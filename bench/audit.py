@@ -26,7 +26,7 @@ import torch
 
 import ddkit
 from ddkit.artifact import DistilledSet
-from ddkit.audit.report import DEFAULT_CORRUPTIONS, audit, write_report
+from ddkit.audit.report import DEFAULT_CORRUPTIONS, PARTS, audit, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine, short_cpu  # noqa: E402
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--save", type=Path, default=None, help="keep the distilled set here")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None, help="default: the protocol's (1000)")
+    ap.add_argument("--parts", default="privacy,robustness,fairness",
+                    help="comma-separated audit parts (a partial audit gets its own row, named by its parts)")
     ap.add_argument("--shadows", type=int, default=0)
     ap.add_argument("--shadow-epochs", type=int, default=100)
     ap.add_argument("--examples", type=int, default=2000)
@@ -71,11 +73,15 @@ def main() -> None:
         distill_seconds = round(time.perf_counter() - t0, 1)
         if args.save:
             ds.save(args.save)
-    res = audit(ds, runs=args.runs, epochs=args.epochs, shadows=args.shadows, shadow_epochs=args.shadow_epochs,
-                examples=args.examples, corruptions=corr, test_images=args.test_images,
-                full_baseline=args.full_baseline, baseline_epochs=args.baseline_epochs, seed=args.seed)
+    parts = tuple(p for p in args.parts.split(",") if p)
+    res = audit(ds, parts=parts, runs=args.runs, epochs=args.epochs, shadows=args.shadows,
+                shadow_epochs=args.shadow_epochs, examples=args.examples, corruptions=corr,
+                test_images=args.test_images, full_baseline=args.full_baseline,
+                baseline_epochs=args.baseline_epochs, seed=args.seed)
     its = ds.extra.get("iterations")
     name = f"{ds.dataset}_{ds.method}_ipc{ds.ipc}_{its}it"
+    if set(parts) != set(PARTS):
+        name += "_" + "-".join(parts)
     write_report(res, OUT / name)
     row = {"name": name, "dataset": ds.dataset, "method": ds.method, "ipc": ds.ipc, "iterations": its,
            "audit_split": ds.extra.get("audit_split"), "distill_seconds": distill_seconds,
@@ -145,7 +151,8 @@ def render(rows: list[dict]) -> str:
             shadows = f" ({st['shadows']} shadows)" if lira else ""
             tm = f"{r['seconds']['total'] / 60:.0f}" if name == "distilled" else ""
             load = f"{r['load_average_before'][0]:.2f}→{r['load_average_after'][0]:.2f}"
-            lines.append(f"| {r['dataset']} {r['method']} IPC {r['ipc']}, {r['iterations']} it | {name} | "
+            only = "" if set(st["parts"]) == set(PARTS) else f" ({', '.join(st['parts'])} only)"
+            lines.append(f"| {r['dataset']} {r['method']} IPC {r['ipc']}, {r['iterations']} it{only} | {name} | "
                          f"{st['runs']} × {epochs} | {_f(s.get('clean'))} | {_f(pgd)} | "
                          f"{_f(s.get('corruption_mean'))} | {_f(fair.get('std'))}{ratio} | "
                          f"{_f(fair.get('worst'))} | {_f(thr.get('auc'), 1, 3)} | {_f(lira.get('auc'), 1, 3)}"
