@@ -680,7 +680,7 @@ def _poisoned_distillation(kind: str, out_file: Path, dataset: str, method: str,
                         progress=not quiet, hook=hook)
     res.extra["backdoor"] = {"attack": kind, "target": target, "trigger": trig.spec(), "share": share,
                              "poisoned_images": len(idx), "seed": seed, "method": method,
-                             "seconds": round(time.perf_counter() - t0, 1)}
+                             "seconds": round(time.perf_counter() - t0, 3)}
     if hook is not None and hook.pattern is not None:  # the optimised trigger travels with the set
         res.tensors["trigger"], res.tensors["trigger_mask"] = hook.pattern[0], hook.mask[0]
         ups = hook.updates
